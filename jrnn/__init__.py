@@ -1,0 +1,20 @@
+"""jrnn: recurrent neural networks in JAX, as pure functions with PyTorch's numerics."""
+
+from jrnn import cells, sequence, stack
+from jrnn.interop import from_torch, to_torch
+from jrnn.nn import GRU, LSTM, RNN
+from jrnn.sequence import scan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "cells",
+    "from_torch",
+    "scan",
+    "sequence",
+    "stack",
+    "to_torch",
+]
