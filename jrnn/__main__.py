@@ -1,7 +1,6 @@
 """``python -m jrnn``: build a 2-layer bidirectional LSTM, run it and print the seed's shapes."""
 
 import jax
-import jax.numpy as jnp
 
 import jrnn
 

@@ -3,20 +3,24 @@
 Notation: ``B`` batch (any leading shape), ``D`` input size, ``H`` hidden size, ``P`` LSTM
 projection size, ``G`` number of gates (1 RNN, 4 LSTM, 3 GRU).
 
-A :class:`Cell` is a small record of pure functions, like an optax ``GradientTransformation``:
+A :class:`Cell` is a small record (like an optax ``GradientTransformation``) whose one piece of
+cell-specific math is ``pointwise(gx, gh, h, c) -> (m, c)``: the elementwise gate function of the
+input half ``gx = x @ weight_ih.T + bias_ih``, the recurrent half ``gh = h @ weight_hh.T +
+bias_hh``, the previous ``h`` and (LSTM only, else None) the cell state ``c``. Around it:
 
 - ``init(key, input_size, hidden_size, *, bias=True, proj_size=0, dtype=float32) -> params``
-- ``project(params, x) -> gx``: the input half ``x @ weight_ih.T + bias_ih``,
-  `(..., D) -> (..., G*H)`. It has no time dependence, so a sequence layer runs it once over all steps, outside the scan.
+- ``project(params, x) -> gx``: the input half, `(..., D) -> (..., G*H)`. It has no time
+  dependence, so a sequence layer runs it once over all steps, outside the scan.
 - ``recur(params, carry, gx) -> (carry, y)``: the recurrent half, one time step.
 - ``step(params, carry, x) -> (carry, y)``: ``recur(params, carry, project(params, x))``, usable
   directly as a ``jax.lax.scan`` body: ``lax.scan(partial(LSTM.step, params), carry, xs)``.
 - ``zero_carry(params, batch_shape, dtype) -> carry``.
 
 Params are dicts named like PyTorch's state_dict (``weight_ih (G*H, D)``,
-``weight_hh (G*H, H_out)``, ``bias_ih``, ``bias_hh``, ``weight_hr (P, H)``); biases are absent with ``bias=False``. Gate order
-is i, f, g, o for LSTM and r, z, n for GRU, with ``bias_hn`` inside ``r * (W_hn h + b_hn)``.
-Every parameter is drawn from U(-1/sqrt(H), 1/sqrt(H)), as in ``torch.nn``.
+``weight_hh (G*H, H_out)``, ``bias_ih``, ``bias_hh``, ``weight_hr (P, H)``); biases are absent
+with ``bias=False``. Gate order is i, f, g, o for LSTM and r, z, n for GRU, with ``bias_hn``
+inside ``r * (W_hn h + b_hn)``. Every parameter is drawn from U(-1/sqrt(H), 1/sqrt(H)), as in
+``torch.nn``.
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -38,25 +42,83 @@ import jax
 import jax.numpy as jnp
 
 Params = dict[str, jax.Array]
-Carry = Any  # `h (..., H)` or, for LSTM, `(h (..., P or H), c (..., H))`
+Carry = Any  # `h (..., H_out)` or, for LSTM, `(h (..., H_out), c (..., H))`
+Pointwise = Callable[
+    [jax.Array, jax.Array, jax.Array, jax.Array | None], tuple[jax.Array, jax.Array | None]
+]
+
+
+def affine(x: jax.Array, weight: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """``x @ weight.T + bias`` with the bias broadcast explicitly over the leading axes."""
+    y = x @ weight.T
+    return y if bias is None else y + jnp.expand_dims(bias, tuple(range(y.ndim - 1)))
 
 
 class Cell(NamedTuple):
-    """A recurrent cell: its name (PyTorch's ``mode``), gate count and pure functions."""
+    """A recurrent cell: its name (PyTorch's ``mode``), gate count and gate function.
+
+    Attributes:
+        name: ``"RNN_TANH"``, ``"RNN_RELU"``, ``"LSTM"`` or ``"GRU"``.
+        gates: ``G``, the number of gate blocks in ``weight_ih`` and ``weight_hh``.
+        pointwise: ``(gx, gh, h, c) -> (m, c)``, elementwise; ``m`` is the new hidden state
+            before the LSTM projection.
+        has_cell_state: whether the carry is ``(h, c)`` (LSTM) or ``h``.
+    """
 
     name: str
     gates: int
-    init: Callable[..., Params]
-    recur: Callable[[Params, Carry, jax.Array], tuple[Carry, jax.Array]]
-    zero_carry: Callable[[Params, tuple[int, ...], Any], Carry]
+    pointwise: Pointwise
+    has_cell_state: bool = False
+
+    def init(
+        self,
+        key: jax.Array,
+        input_size: int,
+        hidden_size: int,
+        *,
+        bias: bool = True,
+        proj_size: int = 0,
+        dtype: Any = jnp.float32,
+    ) -> Params:
+        """Params drawn from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), as in ``torch.nn``."""
+        if proj_size and not self.has_cell_state:
+            raise ValueError(
+                f"proj_size: only LSTM cells support a projection, got {proj_size} for {self.name}"
+            )
+        g, h_out = self.gates * hidden_size, proj_size or hidden_size
+        shapes = {"weight_ih": (g, input_size), "weight_hh": (g, h_out)}
+        if bias:
+            shapes |= {"bias_ih": (g,), "bias_hh": (g,)}
+        if proj_size:
+            shapes["weight_hr"] = (proj_size, hidden_size)
+        bound = 1.0 / math.sqrt(hidden_size)
+        keys = jax.random.split(key, len(shapes))
+        return {
+            name: jax.random.uniform(k, shape, dtype, -bound, bound)
+            for k, (name, shape) in zip(keys, shapes.items(), strict=True)
+        }
 
     def project(self, params: Params, x: jax.Array) -> jax.Array:
-        """Input projection ``x @ weight_ih.T + bias_ih``: `(..., D) -> (..., G*H)`."""
-        return _affine(x, params["weight_ih"], params.get("bias_ih"))
+        """Input half ``x @ weight_ih.T + bias_ih``: `(..., D) -> (..., G*H)`."""
+        return affine(x, params["weight_ih"], params.get("bias_ih"))
+
+    def recur(self, params: Params, carry: Carry, gx: jax.Array) -> tuple[Carry, jax.Array]:
+        """Recurrent half of one step, given the projected input `gx (..., G*H)`."""
+        h, c = carry if self.has_cell_state else (carry, None)
+        m, c = self.pointwise(gx, affine(h, params["weight_hh"], params.get("bias_hh")), h, c)
+        h = m @ params["weight_hr"].T if "weight_hr" in params else m
+        return ((h, c) if self.has_cell_state else h), h
 
     def step(self, params: Params, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
         """One full time step on raw input `x (..., D)`: ``(carry, x) -> (carry, y)``."""
         return self.recur(params, carry, self.project(params, x))
+
+    def zero_carry(self, params: Params, batch_shape: tuple[int, ...], dtype: Any) -> Carry:
+        """All-zero carry for inputs with leading shape ``batch_shape``."""
+        h = jnp.zeros((*batch_shape, output_size(params)), dtype)
+        if not self.has_cell_state:
+            return h
+        return h, jnp.zeros((*batch_shape, hidden_size(params)), dtype)
 
 
 def hidden_size(params: Params) -> int:
@@ -71,88 +133,29 @@ def output_size(params: Params) -> int:
     return params["weight_hh"].shape[1]
 
 
-def _init(gates: int, *, allow_proj: bool) -> Callable[..., Params]:
-    def init(
-        key: jax.Array,
-        input_size: int,
-        hidden_size: int,
-        *,
-        bias: bool = True,
-        proj_size: int = 0,
-        dtype: Any = jnp.float32,
-    ) -> Params:
-        if proj_size and not allow_proj:
-            raise ValueError(f"proj_size: only LSTM cells support a projection, got {proj_size}")
-        h_out = proj_size or hidden_size
-        shapes = {
-            "weight_ih": (gates * hidden_size, input_size),
-            "weight_hh": (gates * hidden_size, h_out),
-        }
-        if bias:
-            shapes |= {"bias_ih": (gates * hidden_size,), "bias_hh": (gates * hidden_size,)}
-        if proj_size:
-            shapes["weight_hr"] = (proj_size, hidden_size)
-        bound = 1.0 / math.sqrt(hidden_size)
-        keys = jax.random.split(key, len(shapes))
-        return {
-            name: jax.random.uniform(k, shape, dtype, -bound, bound)
-            for k, (name, shape) in zip(keys, shapes.items(), strict=True)
-        }
+def _simple(activation: Callable[[jax.Array], jax.Array]) -> Pointwise:
+    def pointwise(gx, gh, h, c):
+        return activation(gx + gh), None
 
-    return init
+    return pointwise
 
 
-def _affine(x: jax.Array, weight: jax.Array, bias: jax.Array | None) -> jax.Array:
-    """``x @ weight.T + bias`` with the bias broadcast explicitly over the leading axes."""
-    y = x @ weight.T
-    return y if bias is None else y + jnp.expand_dims(bias, tuple(range(y.ndim - 1)))
-
-
-def _recurrent(params: Params, h: jax.Array) -> jax.Array:
-    return _affine(h, params["weight_hh"], params.get("bias_hh"))
-
-
-def _zero_h(params: Params, batch_shape: tuple[int, ...], dtype: Any) -> jax.Array:
-    return jnp.zeros((*batch_shape, output_size(params)), dtype)
-
-
-def _simple(activation: Callable[[jax.Array], jax.Array]) -> Callable:
-    def recur(params: Params, h: jax.Array, gx: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = activation(gx + _recurrent(params, h))
-        return h, h
-
-    return recur
-
-
-def _lstm_recur(params: Params, carry: Carry, gx: jax.Array) -> tuple[Carry, jax.Array]:
-    h, c = carry
-    i, f, g, o = jnp.split(gx + _recurrent(params, h), 4, axis=-1)
+def _lstm(gx, gh, h, c):
+    i, f, g, o = jnp.split(gx + gh, 4, axis=-1)
     c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
-    if "weight_hr" in params:
-        h = h @ params["weight_hr"].T
-    return (h, c), h
+    return jax.nn.sigmoid(o) * jnp.tanh(c), c
 
 
-def _lstm_zero(params: Params, batch_shape: tuple[int, ...], dtype: Any) -> Carry:
-    return _zero_h(params, batch_shape, dtype), jnp.zeros(
-        (*batch_shape, hidden_size(params)), dtype
-    )
-
-
-def _gru_recur(params: Params, h: jax.Array, gx: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _gru(gx, gh, h, c):
     x_r, x_z, x_n = jnp.split(gx, 3, axis=-1)
-    h_r, h_z, h_n = jnp.split(_recurrent(params, h), 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
     r = jax.nn.sigmoid(x_r + h_r)
     z = jax.nn.sigmoid(x_z + h_z)
     n = jnp.tanh(x_n + r * h_n)
-    h = (1.0 - z) * n + z * h
-    return h, h
+    return (1.0 - z) * n + z * h, None
 
 
-RNN_TANH = Cell("RNN_TANH", 1, _init(1, allow_proj=False), _simple(jnp.tanh), _zero_h)
-RNN_RELU = Cell("RNN_RELU", 1, _init(1, allow_proj=False), _simple(jax.nn.relu), _zero_h)
-LSTM = Cell("LSTM", 4, _init(4, allow_proj=True), _lstm_recur, _lstm_zero)
-GRU = Cell("GRU", 3, _init(3, allow_proj=False), _gru_recur, _zero_h)
-
-CELLS = {cell.name: cell for cell in (RNN_TANH, RNN_RELU, LSTM, GRU)}
+RNN_TANH = Cell("RNN_TANH", 1, _simple(jnp.tanh))
+RNN_RELU = Cell("RNN_RELU", 1, _simple(jax.nn.relu))
+LSTM = Cell("LSTM", 4, _lstm, has_cell_state=True)
+GRU = Cell("GRU", 3, _gru)

@@ -76,7 +76,7 @@ class _Stack:
             raise ValueError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
         if isinstance(self.proj_size, bool) or not isinstance(self.proj_size, int):
             raise TypeError(f"proj_size: expected an integer, got {self.proj_size!r}")
-        if self.proj_size and self.cell is not cells.LSTM:
+        if self.proj_size and not self.cell.has_cell_state:
             raise ValueError(
                 f"proj_size: only LSTM supports a projection, got proj_size={self.proj_size} "
                 f"for {type(self).__name__}"
@@ -109,6 +109,7 @@ class _Stack:
         lengths: jax.Array | None = None,
         dropout_key: jax.Array | None = None,
         unroll: int | bool = 1,
+        remat: int | None = None,
     ) -> tuple[jax.Array, Carry]:
         """Run the stack.
 
@@ -121,11 +122,16 @@ class _Stack:
                 are padding, as with PyTorch's packed sequences.
             dropout_key: a PRNG key turns on dropout between layers (training); None for none.
             unroll: scan unrolling, a speed knob that does not change the result.
+            remat: for long sequences: recompute activations in chunks of ``remat`` steps
+                during the backward pass, so memory grows as ``T / remat + remat`` rather than
+                ``T`` (``remat`` near ``sqrt(T)`` is best); the result is unchanged.
 
         Returns:
             ``(output, h_n)``; ``output`` is `(B, T, dirs*H_out)` in the layout of ``x``.
         """
         self._check_params(params)
+        if remat is not None:
+            _positive_int("remat", remat)
         x = self._check_x(x)
         batched = x.ndim == 3
         xs = jnp.swapaxes(x, 0, 1) if batched and self.batch_first else x
@@ -143,6 +149,7 @@ class _Stack:
             dropout_rate=self.dropout,
             dropout_key=dropout_key,
             unroll=unroll,
+            remat=remat,
         )
         return (jnp.swapaxes(ys, 0, 1) if batched and self.batch_first else ys), h_n
 
@@ -187,7 +194,7 @@ class _Stack:
     def _check_h0(self, h0: Any, batch_shape: tuple[int, ...], dtype: Any) -> None:
         states = self.num_layers * self.num_directions
         expected = {"h0": (states, *batch_shape, self.output_size)}
-        if self.cell is cells.LSTM:
+        if self.cell.has_cell_state:
             if not (isinstance(h0, tuple | list) and len(h0) == 2):
                 raise TypeError(f"h0: expected a tuple (h0, c0) for LSTM, got {type(h0).__name__}")
             expected["c0"] = (states, *batch_shape, self.hidden_size)

@@ -23,8 +23,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jrnn import fused
 from jrnn.cells import Carry, Cell, Params, output_size
-from jrnn.sequence import scan
 
 StackParams = tuple[tuple[Params, ...], ...]
 
@@ -83,8 +83,9 @@ def apply(
     dropout_rate: float = 0.0,
     dropout_key: jax.Array | None = None,
     unroll: int | bool = 1,
+    remat: int | None = None,
 ) -> tuple[jax.Array, Carry]:
-    """Run a stack over time-major inputs.
+    """Run a stack over time-major inputs (each layer through :func:`jrnn.fused.layer`).
 
     Args:
         cell: the cell of every layer.
@@ -95,6 +96,8 @@ def apply(
         dropout_rate: dropout on each layer's output except the last's.
         dropout_key: dropout is applied only when a key is given (training).
         unroll: passed to ``jax.lax.scan``.
+        remat: recompute activations in chunks of ``remat`` steps in the backward pass
+            (memory about ``T / remat + remat`` steps' worth instead of ``T``).
 
     Returns:
         ``(ys, h_n)``: `ys (T, B, dirs * H_out)` from the last layer and the final state with the
@@ -102,22 +105,23 @@ def apply(
     """
     if h0 is None:
         h0 = zero_state(cell, params, xs.shape[1:-1], xs.dtype)
+    unbatched = xs.ndim == 2
+    if unbatched:
+        xs, h0 = xs[:, None], jax.tree.map(lambda a: a[:, None], h0)
     finals = []
     s = 0
     for index, layer in enumerate(params):
-        outputs = []
-        for direction, p in enumerate(layer):
-            carry = jax.tree.map(lambda a, s=s: a[s], h0)
-            carry, ys = scan(
-                cell, p, xs, carry, lengths=lengths, reverse=direction == 1, unroll=unroll
-            )
-            finals.append(carry)
-            outputs.append(ys)
-            s += 1
-        xs = jnp.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
+        end = s + len(layer)
+        carry = jax.tree.map(lambda a, s=s, end=end: a[s:end], h0)
+        xs, carry = fused.layer(cell, layer, xs, carry, lengths=lengths, unroll=unroll, remat=remat)
+        finals.append(carry)
+        s = end
         if dropout_key is not None and dropout_rate > 0 and index < len(params) - 1:
             xs = dropout(jax.random.fold_in(dropout_key, index), dropout_rate, xs)
-    return xs, jax.tree.map(lambda *leaves: jnp.stack(leaves), *finals)
+    h_n = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *finals)
+    if unbatched:
+        xs, h_n = xs[:, 0], jax.tree.map(lambda a: a[:, 0], h_n)
+    return xs, h_n
 
 
 def output_features(params: StackParams) -> int:

@@ -1,0 +1,178 @@
+"""The fast path: one layer, all of its directions advanced in one scan.
+
+:func:`jrnn.scan` is the reference (one ``cell.recur`` per step, differentiated by JAX). This
+module computes the same function, shaped for speed:
+
+- the input projection of each direction is one matmul over all time steps, before the scan;
+- the directions of a bidirectional layer run in the same scan as a batch of ``k`` recurrences
+  (the reverse direction on its time-reversed input), so each step is one batched matmul;
+- every per-step input is read one step ahead into the carry (:func:`_scan_ahead`), which keeps
+  dynamic slices out of the elementwise gate kernels: a dynamic-slice fused into a gate fusion
+  made XLA:CPU's gate kernel several times slower;
+- optional rematerialisation in chunks of ``remat`` steps (input projection included), so the
+  saved activations grow as ``T / remat + remat`` instead of ``T``.
+
+The gate math itself is ``cell.pointwise``, shared with the reference path.
+
+Shapes: ``k`` directions, time-major `xs (T, B, D)`. Inside the scan the directions are stacked
+along the batch as ``R = k * B`` rows (direction-major), so that every array the loop touches is
+plain row-major `(R, ...)` and the batched matmul is a reshape away: gate pre-activations are
+`(T, R, G*H)`, the carry `(R, H_out)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jrnn.cells import Cell, Params, affine
+from jrnn.sequence import reverse_valid, valid_mask
+
+
+def _reverse(x: jax.Array, lengths: jax.Array | None) -> jax.Array:
+    return jnp.flip(x, axis=0) if lengths is None else reverse_valid(x, lengths)
+
+
+def _per_direction(a: jax.Array, k: int) -> jax.Array:
+    return a.reshape(k, a.shape[0] // k, a.shape[1])
+
+
+def _step(cell: Cell, w_hr, gx_t, gh_t, h, c, keep):
+    """Gates, optional projection and masking of one step, all `R` rows at once."""
+    m, c_new = cell.pointwise(gx_t, gh_t, h, c)
+    if w_hr is not None:
+        m = jnp.einsum("kbh,kph->kbp", _per_direction(m, w_hr.shape[0]), w_hr)
+    h_new = m.reshape(h.shape)
+    y = h_new
+    if keep is not None:
+        keep = keep[:, None]
+        h_new = jnp.where(keep, h_new, h)
+        c_new = None if c is None else jnp.where(keep, c_new, c)
+        y = jnp.where(keep, y, jnp.zeros_like(y))
+    return (h_new, c_new), y
+
+
+def _recurrent(rec: Params, h: jax.Array) -> jax.Array:
+    """``h @ weight_hh.T + bias_hh`` per direction: `(R, H_out) -> (R, G*H)`."""
+    k = rec["weight_hh"].shape[0]
+    gh = jnp.einsum("kbh,kgh->kbg", _per_direction(h, k), rec["weight_hh"])
+    if "bias_hh" in rec:
+        gh = gh + rec["bias_hh"][:, None, :]
+    return gh.reshape(h.shape[0], -1)
+
+
+def _scan_ahead(body, carry, xs, *, unroll=1):
+    """``jax.lax.scan(body, carry, xs)``, with the inputs of each step read one step ahead.
+
+    Step ``t`` reads the slices of step ``t + 1`` into the carry, so ``body`` works on plain
+    buffers: a dynamic slice fused into the elementwise gate kernels made those kernels several
+    times slower on XLA:CPU.
+    """
+    steps = jax.tree.leaves(xs)[0].shape[0]
+
+    def read(t):
+        return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, t, keepdims=False), xs)
+
+    def wrapped(state, t):
+        carry, x_t = state
+        x_next = read(jnp.minimum(t + 1, steps - 1))
+        carry, y = body(carry, x_t)
+        return (carry, x_next), y
+
+    (carry, _), ys = jax.lax.scan(wrapped, (carry, read(0)), jnp.arange(steps), unroll=unroll)
+    return carry, ys
+
+
+def _project(p: Params, xs: tuple[jax.Array, ...]) -> jax.Array:
+    """Input half for every step: `k` inputs `(T, B, D)` -> `(T, k*B, G*H)`, one matmul each."""
+    gx = [
+        affine(x, p["weight_ih"][d], p["bias_ih"][d] if "bias_ih" in p else None)
+        for d, x in enumerate(xs)
+    ]
+    return gx[0] if len(gx) == 1 else jnp.concatenate(gx, axis=1)
+
+
+def _forward(cell: Cell, unroll, p: Params, xs, h0, c0, mask):
+    """Project the inputs of every direction, then scan over time from the carry ``(h0, c0)``."""
+    rec = {name: p[name] for name in ("weight_hh", "bias_hh") if name in p}
+    w_hr = p.get("weight_hr")
+
+    def body(carry, inputs):
+        h, c = carry
+        gx_t, keep = inputs
+        return _step(cell, w_hr, gx_t, _recurrent(rec, h), h, c, keep)
+
+    (h, c), ys = _scan_ahead(body, (h0, c0), (_project(p, xs), mask), unroll=unroll)
+    return ys, h, c
+
+
+def _chunked(cell: Cell, unroll, remat: int, p: Params, xs, h0, c0, mask):
+    """:func:`_forward` in chunks of ``remat`` steps under ``jax.checkpoint``.
+
+    Only the carries between chunks are saved; the backward pass recomputes each chunk, input
+    projection included, so no `(T, ...)` array wider than the inputs is kept.
+    """
+    steps = xs[0].shape[0]
+    chunks = -(-steps // remat)
+    pad = chunks * remat - steps
+    if pad:
+        if mask is None:
+            mask = jnp.ones((steps, h0.shape[0]), bool)
+        xs = tuple(jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) for x in xs)
+        mask = jnp.concatenate([mask, jnp.zeros((pad, mask.shape[1]), bool)])
+
+    def split(a):
+        return None if a is None else a.reshape(chunks, remat, *a.shape[1:])
+
+    @jax.checkpoint
+    def body(carry, chunk):
+        xs_chunk, mask_chunk = chunk
+        ys, h, c = _forward(cell, unroll, p, xs_chunk, *carry, mask_chunk)
+        return (h, c), ys
+
+    (h, c), ys = jax.lax.scan(body, (h0, c0), (tuple(map(split, xs)), split(mask)))
+    return ys.reshape(chunks * remat, *ys.shape[2:])[:steps], h, c
+
+
+def layer(
+    cell: Cell,
+    params: tuple[Params, ...],
+    xs: jax.Array,
+    h0: Any,
+    *,
+    lengths: jax.Array | None = None,
+    unroll: int | bool = 1,
+    remat: int | None = None,
+) -> tuple[jax.Array, Any]:
+    """One layer with ``k = len(params)`` directions (forward, then reverse).
+
+    Args:
+        cell: the cell.
+        params: one cell params dict per direction.
+        xs: `(T, B, D)` time-major inputs.
+        h0: the layer's initial carry, leaves `(k, B, ...)`.
+        lengths: optional `(B,)` valid lengths.
+        unroll: ``jax.lax.scan`` unrolling.
+        remat: recompute activations in chunks of this many steps during the backward pass.
+
+    Returns:
+        ``(ys, carry)``: `ys (T, B, k*H_out)` and the final carry, leaves `(k, B, ...)`.
+    """
+    steps, batch = xs.shape[0], xs.shape[1]
+    k = len(params)
+    p = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params)
+    inputs = (xs,) if k == 1 else (xs, _reverse(xs, lengths))
+    mask = None if lengths is None else jnp.tile(valid_mask(lengths, steps), (1, k))
+    rows = jax.tree.map(lambda a: a.reshape(k * batch, *a.shape[2:]), h0)
+    h0, c0 = rows if cell.has_cell_state else (rows, None)
+    if remat:
+        ys, h, c = _chunked(cell, unroll, remat, p, inputs, h0, c0, mask)
+    else:
+        ys, h, c = _forward(cell, unroll, p, inputs, h0, c0, mask)
+    if k == 2:
+        ys = ys.reshape(steps, 2, batch, -1)
+        ys = jnp.concatenate([ys[:, 0], _reverse(ys[:, 1], lengths)], axis=-1)
+    final = jax.tree.map(lambda a: a.reshape(k, batch, *a.shape[1:]), (h, c))
+    return ys, (final if cell.has_cell_state else final[0])
