@@ -12,6 +12,7 @@ __all__ = [
     "LSTM",
     "RNN",
     "cells",
+    "diagnostics",
     "from_torch",
     "scan",
     "sequence",

@@ -280,3 +280,17 @@ def test_remat_bounds_saved_activations():
         return f.lower(params).compile().memory_analysis().temp_size_in_bytes
 
     assert temp_bytes(32) < 0.5 * temp_bytes(None)
+
+
+def test_forward_mode_autodiff():
+    """jax.jvp through the stack agrees with reverse mode (so jacfwd and hessian work too)."""
+    spec = jrnn.GRU(3, 4, bidirectional=True)
+    params = spec.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (2, 5, 3))
+    v = jax.random.normal(jax.random.key(2), x.shape)
+
+    def f(x):
+        return jnp.sum(spec.apply(params, x)[0] ** 2)
+
+    _, forward = jax.jit(lambda x, v: jax.jvp(f, (x,), (v,)))(x, v)
+    np.testing.assert_allclose(forward, jnp.vdot(jax.grad(f)(x), v), rtol=1e-4)

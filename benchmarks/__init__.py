@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of jrnn, torch.nn and flax.linen (see README.md)."""

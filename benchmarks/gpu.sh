@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# jrnn vs torch (cuDNN) vs Flax on a CUDA GPU, on a fresh machine with Python and PyPI.
+#
+#   bash benchmarks/gpu.sh [benchmarks.run options...]      e.g. --configs lstm gru --reps 20
+#   bash benchmarks/gpu.sh --dry-run                        the same without CUDA: CPU, --quick
+#
+# Writes $OUT/gpu_table.md, $OUT/gpu_table.json and $OUT/gpu_log.txt (OUT defaults to
+# /tmp/jrnn-bench-out). Environment: PYTHON (python3), VENV (/tmp/jrnn-bench-venv; reused when it
+# exists), JAX_CUDA (cuda13, the CUDA of PyPI's torch 2.13 wheels; cuda12 for older drivers),
+# BENCH_TIMEOUT (seconds for the benchmark itself, 360). The table is rewritten after every
+# configuration, so a run cut short still leaves the configurations it finished.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+DRY_RUN=0
+if [[ "${1:-}" == "--dry-run" ]]; then
+    DRY_RUN=1
+    shift
+fi
+OUT="${OUT:-/tmp/jrnn-bench-out}"
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-/tmp/jrnn-bench-venv}"
+JAX_CUDA="${JAX_CUDA:-cuda13}"
+JAX_VERSION="0.10.2"  # the version the CPU table was measured with
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_log.txt") 2>&1
+
+step() { echo "== $(date +%T) $*"; }
+fail() {
+    echo "gpu.sh: $*"
+    exit 1
+}
+
+step "nvidia-smi"
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi || echo "nvidia-smi failed"
+else
+    echo "no nvidia-smi on this machine"
+fi
+
+step "environment $VENV"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    "$PYTHON" -m venv "$VENV" ||
+        fail "'$PYTHON -m venv' failed (Debian/Ubuntu: apt-get install python3-venv), or set VENV"
+fi
+PY="$VENV/bin/python"
+"$PY" --version
+
+packages=(-e '.[bench]' "jax[$JAX_CUDA]==$JAX_VERSION")
+run_args=(--device gpu)
+if ((DRY_RUN)); then
+    packages=(-e '.[bench]' "jax==$JAX_VERSION")
+    run_args=(--device cpu --quick)
+fi
+step "install ${packages[*]}"
+"$PY" -m pip install -q --progress-bar off -U pip
+"$PY" -m pip install -q --progress-bar off "${packages[@]}" || fail "pip install failed"
+
+step "what the frameworks see"
+"$PY" - <<'EOF' || fail "jax, torch or flax does not import"
+import flax, jax, torch
+print("jax", jax.__version__, jax.devices())
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+print("flax", flax.__version__)
+EOF
+
+step "benchmark"
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # leave GPU memory to torch too
+timeout "${BENCH_TIMEOUT:-360}" "$PY" -m benchmarks.run "${run_args[@]}" "$@" \
+    --out "$OUT/gpu_table.md"
+status=$?
+if ((status == 124)); then
+    echo "gpu.sh: the benchmark ran out of time; $OUT/gpu_table.md holds the configurations done"
+elif ((status != 0)); then
+    echo "gpu.sh: the benchmark failed (exit $status)"
+fi
+step "done: $OUT/gpu_table.md"
+exit "$status"

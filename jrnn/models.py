@@ -1,0 +1,336 @@
+"""The three task models: language model, classifier and tagger, as immutable specs.
+
+Each model is a frozen, hashable dataclass (usable as a static argument of ``jax.jit``) holding
+only hyper-parameters. ``model.init(key)`` returns a params pytree
+``{"embedding", "rnn", "head", ...}`` and ``model.apply(params, ...)`` is a pure function of it.
+``model.forward(params, batch, carry, dropout_key=...)`` runs the model on a batch dict (as
+:mod:`jrnn.tasks` builds them) and is what the training step calls.
+
+Dropout (rate ``dropout``) is applied, when a ``dropout_key`` is given, to the embeddings,
+between recurrent layers and to the recurrent outputs before the head.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jrnn.models import Classifier
+    >>> model = Classifier(vocab_size=100, num_classes=2, embed=8, hidden=16)
+    >>> params = model.init(jax.random.key(0))
+    >>> ids = jnp.array([[5, 6, 7], [8, 9, 0]])
+    >>> model.apply(params, ids, jnp.array([3, 2])).shape
+    (2, 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from jrnn import heads
+from jrnn.nn import GRU, LSTM, RNN, Spec
+from jrnn.stack import dropout
+
+CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+
+Batch = dict[str, jax.Array]
+
+
+def _rnn(cell: str, input_size: int, hidden: int, layers: int, bidirectional: bool, rate: float):
+    return CELLS[cell](
+        input_size, hidden, num_layers=layers, dropout=rate, bidirectional=bidirectional
+    )
+
+
+def _drop(key: jax.Array | None, index: int, rate: float, x: jax.Array) -> jax.Array:
+    if key is None or rate == 0:
+        return x
+    return dropout(jax.random.fold_in(key, index), rate, x)
+
+
+class _Model:
+    """Validation and config round trips shared by the task models."""
+
+    task: ClassVar[str]
+    cell: str
+    dropout: float
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"{f.name}: expected an integer, got {value!r}")
+            if f.type == "int" and value < (0 if f.name == "char_vocab_size" else 1):
+                raise ValueError(f"{f.name}: expected a positive integer, got {value!r}")
+        if self.cell not in CELLS:
+            raise ValueError(f"cell: expected one of {sorted(CELLS)}, got {self.cell!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
+
+    def config(self) -> dict[str, Any]:
+        """``{"task": ..., **fields}``, JSON-serialisable; inverse of :func:`from_config`."""
+        return {"task": self.task, **dataclasses.asdict(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModel(_Model):
+    """Auto-regressive model: embedding -> unidirectional stack -> per-step softmax over tokens.
+
+    It cannot be bidirectional: each prediction may only read the tokens before it.
+    """
+
+    vocab_size: int
+    embed: int = 64
+    hidden: int = 256
+    layers: int = 1
+    cell: str = "lstm"
+    dropout: float = 0.0
+    task: ClassVar[str] = "lm"
+
+    @property
+    def rnn(self) -> Spec:
+        return _rnn(self.cell, self.embed, self.hidden, self.layers, False, self.dropout)
+
+    def init(self, key: jax.Array) -> dict[str, Any]:
+        k_emb, k_rnn, k_head = jax.random.split(key, 3)
+        return {
+            "embedding": heads.embedding_init(k_emb, self.vocab_size, self.embed),
+            "rnn": self.rnn.init(k_rnn),
+            "head": heads.linear_init(k_head, self.hidden, self.vocab_size),
+        }
+
+    def zero_carry(self, batch_size: int) -> Any:
+        """The all-zero state: `(layers, B, H)` (LSTM: a pair of them), ``h_n``'s layout."""
+        h = jnp.zeros((self.layers, batch_size, self.hidden), jnp.float32)
+        return (h, h) if self.cell == "lstm" else h
+
+    def apply(
+        self,
+        params: dict[str, Any],
+        ids: jax.Array,
+        carry: Any = None,
+        *,
+        dropout_key: jax.Array | None = None,
+    ) -> tuple[jax.Array, Any]:
+        """Next-token logits.
+
+        Args:
+            params: from :meth:`init`.
+            ids: `(B, T)` token ids.
+            carry: state from the previous chunk (`(layers, B, H)`, a pair for LSTM); zeros
+                when None.
+            dropout_key: turns dropout on (training).
+
+        Returns:
+            ``(logits, carry)``: `(B, T, vocab_size)` and the state after the last step.
+        """
+        x = _drop(dropout_key, 0, self.dropout, heads.embed(params["embedding"], ids))
+        key = None if dropout_key is None else jax.random.fold_in(dropout_key, 1)
+        ys, carry = self.rnn.apply(params["rnn"], x, carry, dropout_key=key)
+        ys = _drop(dropout_key, 2, self.dropout, ys)
+        return heads.linear(params["head"], ys), carry
+
+    def forward(
+        self,
+        params: dict[str, Any],
+        batch: Batch,
+        carry: Any = None,
+        *,
+        dropout_key: jax.Array | None = None,
+    ) -> tuple[jax.Array, Any]:
+        """``apply`` on ``batch["ids"]``: returns ``(logits, carry)``."""
+        return self.apply(params, batch["ids"], carry, dropout_key=dropout_key)
+
+
+@dataclasses.dataclass(frozen=True)
+class Classifier(_Model):
+    """Many-to-one model: embedding -> stack -> pooling over time -> linear -> class logits."""
+
+    vocab_size: int
+    num_classes: int
+    embed: int = 128
+    hidden: int = 128
+    layers: int = 1
+    cell: str = "lstm"
+    bidirectional: bool = True
+    dropout: float = 0.5
+    pooling: str = "last"
+    task: ClassVar[str] = "classify"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pooling not in heads.POOLING:
+            raise ValueError(f"pooling: expected one of {heads.POOLING}, got {self.pooling!r}")
+
+    @property
+    def rnn(self) -> Spec:
+        return _rnn(
+            self.cell, self.embed, self.hidden, self.layers, self.bidirectional, self.dropout
+        )
+
+    def init(self, key: jax.Array) -> dict[str, Any]:
+        k_emb, k_rnn, k_head = jax.random.split(key, 3)
+        rnn = self.rnn
+        return {
+            "embedding": heads.embedding_init(k_emb, self.vocab_size, self.embed),
+            "rnn": rnn.init(k_rnn),
+            "head": heads.linear_init(
+                k_head, rnn.num_directions * rnn.output_size, self.num_classes
+            ),
+        }
+
+    def apply(
+        self,
+        params: dict[str, Any],
+        ids: jax.Array,
+        lengths: jax.Array,
+        *,
+        dropout_key: jax.Array | None = None,
+    ) -> jax.Array:
+        """Class logits `(B, num_classes)` for padded `ids (B, T)` with `lengths (B,)`."""
+        x = _drop(dropout_key, 0, self.dropout, heads.embed(params["embedding"], ids))
+        key = None if dropout_key is None else jax.random.fold_in(dropout_key, 1)
+        rnn = self.rnn
+        ys, _ = rnn.apply(params["rnn"], x, lengths=lengths, dropout_key=key)
+        pooled = heads.pool(ys, lengths, mode=self.pooling, num_directions=rnn.num_directions)
+        return heads.linear(params["head"], _drop(dropout_key, 2, self.dropout, pooled))
+
+    def forward(
+        self,
+        params: dict[str, Any],
+        batch: Batch,
+        carry: Any = None,
+        *,
+        dropout_key: jax.Array | None = None,
+    ) -> tuple[jax.Array, Any]:
+        """``apply`` on ``batch["ids"]``, ``batch["lengths"]``: returns ``(logits, None)``."""
+        return self.apply(params, batch["ids"], batch["lengths"], dropout_key=dropout_key), None
+
+
+@dataclasses.dataclass(frozen=True)
+class Tagger(_Model):
+    """Many-to-many tagger: word embedding (+ character features) -> stack -> per-step logits.
+
+    With ``char_vocab_size > 0`` each word is also read character by character by a small
+    bidirectional LSTM (``char_hidden`` units per direction), whose final states are concatenated
+    to the word embedding, so that words never seen in training still get informative features.
+    """
+
+    vocab_size: int
+    num_tags: int
+    char_vocab_size: int = 0
+    embed: int = 100
+    hidden: int = 128
+    layers: int = 1
+    cell: str = "lstm"
+    bidirectional: bool = True
+    dropout: float = 0.33
+    char_embed: int = 32
+    char_hidden: int = 64
+    task: ClassVar[str] = "tag"
+
+    @property
+    def char_rnn(self) -> Spec:
+        return LSTM(self.char_embed, self.char_hidden, bidirectional=True)
+
+    @property
+    def rnn(self) -> Spec:
+        size = self.embed + (2 * self.char_hidden if self.char_vocab_size else 0)
+        return _rnn(self.cell, size, self.hidden, self.layers, self.bidirectional, self.dropout)
+
+    def init(self, key: jax.Array) -> dict[str, Any]:
+        k_emb, k_rnn, k_head, k_chars, k_char_rnn = jax.random.split(key, 5)
+        rnn = self.rnn
+        params = {
+            "embedding": heads.embedding_init(k_emb, self.vocab_size, self.embed),
+            "rnn": rnn.init(k_rnn),
+            "head": heads.linear_init(k_head, rnn.num_directions * rnn.output_size, self.num_tags),
+        }
+        if self.char_vocab_size:
+            params["char_embedding"] = heads.embedding_init(
+                k_chars, self.char_vocab_size, self.char_embed
+            )
+            params["char_rnn"] = self.char_rnn.init(k_char_rnn)
+        return params
+
+    def apply(
+        self,
+        params: dict[str, Any],
+        ids: jax.Array,
+        lengths: jax.Array,
+        chars: jax.Array | None = None,
+        *,
+        dropout_key: jax.Array | None = None,
+    ) -> jax.Array:
+        """Tag logits.
+
+        Args:
+            params: from :meth:`init`.
+            ids: `(B, T)` word ids, `lengths (B,)` valid lengths.
+            lengths: `(B,)` sentence lengths in ``[1, T]``.
+            chars: `(B, T, W)` character ids of each word, right-padded with 0; required when
+                the model has a character encoder.
+            dropout_key: turns dropout on (training).
+
+        Returns:
+            `(B, T, num_tags)`.
+        """
+        x = heads.embed(params["embedding"], ids)
+        if self.char_vocab_size:
+            if chars is None or jnp.ndim(chars) != 3 or jnp.shape(chars)[:2] != ids.shape:
+                raise ValueError(
+                    f"chars: expected character ids of shape {ids.shape} + (W,), "
+                    f"got {None if chars is None else jnp.shape(chars)}"
+                )
+            x = jnp.concatenate([x, self._char_features(params, chars)], axis=-1)
+        x = _drop(dropout_key, 0, self.dropout, x)
+        key = None if dropout_key is None else jax.random.fold_in(dropout_key, 1)
+        ys, _ = self.rnn.apply(params["rnn"], x, lengths=lengths, dropout_key=key)
+        return heads.linear(params["head"], _drop(dropout_key, 2, self.dropout, ys))
+
+    def _char_features(self, params: dict[str, Any], chars: jax.Array) -> jax.Array:
+        """`(B, T, W)` character ids -> `(B, T, 2*char_hidden)` final states of the char BiLSTM."""
+        b, t, w = chars.shape
+        flat = chars.reshape(b * t, w)
+        char_lengths = jnp.maximum((flat != 0).sum(axis=1), 1).astype(jnp.int32)
+        ys, _ = self.char_rnn.apply(
+            params["char_rnn"], heads.embed(params["char_embedding"], flat), lengths=char_lengths
+        )
+        pooled = heads.pool(ys, char_lengths, mode="last", num_directions=2)
+        return pooled.reshape(b, t, pooled.shape[-1])
+
+    def forward(
+        self,
+        params: dict[str, Any],
+        batch: Batch,
+        carry: Any = None,
+        *,
+        dropout_key: jax.Array | None = None,
+    ) -> tuple[jax.Array, Any]:
+        """``apply`` on a batch dict (``"chars"`` optional): returns ``(logits, None)``."""
+        logits = self.apply(
+            params,
+            batch["ids"],
+            batch["lengths"],
+            batch.get("chars"),
+            dropout_key=dropout_key,
+        )
+        return logits, None
+
+
+Model = LanguageModel | Classifier | Tagger
+
+MODELS = {cls.task: cls for cls in (LanguageModel, Classifier, Tagger)}
+
+
+def from_config(config: dict[str, Any]) -> Model:
+    """Rebuild a model from :meth:`config`'s dict (e.g. as stored in a checkpoint)."""
+    config = dict(config)
+    task = config.pop("task", None)
+    if task not in MODELS:
+        raise ValueError(f"config: expected a task in {sorted(MODELS)}, got {task!r}")
+    names = {f.name for f in dataclasses.fields(MODELS[task])}
+    unknown = sorted(set(config) - names)
+    if unknown:
+        raise ValueError(f"config: unknown fields {unknown} for task {task!r}")
+    return MODELS[task](**config)

@@ -1,0 +1,74 @@
+"""Smoke tests of the benchmark harness (``python -m benchmarks.run``); nothing here is timed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """The ``benchmarks`` package, importable from the repository root."""
+    pytest.importorskip("torch")
+    pytest.importorskip("flax")
+    monkeypatch.syspath_prepend(str(ROOT))
+    import benchmarks.configs
+    import benchmarks.models
+    import benchmarks.run
+
+    return benchmarks
+
+
+def test_quick_run_has_every_framework_and_matches_torch(bench, tmp_path):
+    out = tmp_path / "table.md"
+    argv = ["--quick", "--configs", "lstm", "--reps", "1", "--warmup", "0", "--out", str(out)]
+    bench.run.main(argv)
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["notes"] == []  # no framework failed
+    rows = {row["framework"]: row for row in data["rows"]}
+    assert set(rows) == {"jrnn", "torch", "flax"}
+    assert rows["jrnn"]["check_passed"] is True
+    assert rows["jrnn"]["max_diff"] <= 1e-4
+    assert all(row["forward_ms"] > 0 and row["train_ms"] > 0 for row in rows.values())
+    table = out.read_text()
+    for framework in rows:
+        assert f"| lstm | {framework} |" in table
+
+
+def test_forward_flops_counts_every_layer_and_direction(bench):
+    configs, forward_flops = bench.configs.CONFIGS, bench.configs.forward_flops
+    # LSTM 1 layer: 2 * T * B * 4H * (D + H)
+    assert forward_flops(configs["lstm"]) == 2 * 128 * 32 * 1024 * (128 + 256)
+    # 2 bidirectional layers; the second layer reads both directions of the first (2H inputs)
+    first, second = 2 * 128 * 32 * 1024 * (128 + 256), 2 * 128 * 32 * 1024 * (512 + 256)
+    assert forward_flops(configs["lstm2bi"]) == 2 * first + 2 * second
+    assert forward_flops(configs["rnn"]) == 2 * 128 * 32 * 256 * (128 + 256)
+
+
+def test_round_robin_runs_every_task_once_per_rep_in_rotating_order(bench):
+    calls = []
+    tasks = {task: (lambda task=task: calls.append(task)) for task in ("a", "b", "c")}
+    runs = bench.run.round_robin(tasks, reps=4, warmup=1)
+    assert {task: len(times) for task, times in runs.items()} == {"a": 4, "b": 4, "c": 4}
+    reps = [calls[i : i + 3] for i in range(3, 15, 3)]  # after the warm-up round
+    assert all(sorted(rep) == ["a", "b", "c"] for rep in reps)
+    assert [rep[0] for rep in reps] == ["a", "b", "c", "a"]
+
+
+def test_remat_option_is_found_by_keyword_name(bench):
+    class Interval:
+        def apply(self, params, x, *, checkpoint_every: int | None = None): ...
+
+    class Flag:
+        def apply(self, params, x, *, remat: bool = False): ...
+
+    class Neither:
+        def apply(self, params, x, *, unroll: int = 1): ...
+
+    assert bench.models.remat_option(Interval(), 10_000) == {"checkpoint_every": 100}
+    assert bench.models.remat_option(Flag(), 10_000) == {"remat": True}
+    assert bench.models.remat_option(Neither(), 10_000) is None

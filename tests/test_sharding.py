@@ -1,0 +1,97 @@
+"""Data parallelism: a step sharded over 4 (host) devices equals the same step on one device.
+
+The 4 devices exist only if ``XLA_FLAGS`` is set before JAX is imported, so the check runs in a
+fresh Python process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, pathlib, sys, tempfile
+    import jax, numpy as np
+    from jax.sharding import PartitionSpec
+    from jrnn import runs, tasks, train
+    from jrnn.models import Classifier, LanguageModel
+
+    assert jax.local_device_count() == 4, jax.devices()
+    mesh = train.data_mesh()
+    rng = np.random.default_rng(0)
+
+    def compare(model, state, batches):
+        optimizer = train.make_optimizer("adamw", 1e-2)
+        step = train.make_train_step(model, optimizer)
+        results = []
+        for m in (None, mesh):
+            s = train.shard(state, m)
+            losses = []
+            for i, batch in enumerate(batches):
+                s, metrics = step(s, train.shard(batch, m), jax.random.key(i))
+                losses.append(float(metrics["loss"]))
+            results.append((losses, s))
+        (l1, s1), (l4, s4) = results
+        np.testing.assert_allclose(l1, l4, rtol=2e-5)
+        for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+        leaf = jax.tree.leaves(s4.params)[0]
+        assert leaf.sharding.spec == PartitionSpec() and len(leaf.sharding.device_set) == 4
+        return l1
+
+    # classifier: padded, bucketed batches with dropout
+    items = [(rng.integers(2, 20, size=rng.integers(2, 9)), int(rng.integers(0, 2)))
+             for _ in range(24)]
+    model = Classifier(vocab_size=20, num_classes=2, embed=4, hidden=8, dropout=0.2)
+    batches = list(tasks.classify_batches(items, 8, seed=0, buckets=(4, 8)))
+    ids = train.shard(batches[0], mesh)["ids"]
+    assert ids.sharding.spec == PartitionSpec("data")
+    assert {s.data.shape for s in ids.addressable_shards} == {(2, ids.shape[1])}
+    optimizer = train.make_optimizer("adamw", 1e-2)
+    losses = compare(model, train.init_state(model, optimizer, jax.random.key(0)), batches)
+
+    # language model: truncated BPTT with the carry split along its batch axis
+    stream = rng.integers(0, 7, size=8 * 5 * 6 + 1)
+    lm = LanguageModel(vocab_size=7, embed=4, hidden=8, layers=2)
+    state = train.init_state(lm, optimizer, jax.random.key(0), batch_size=8)
+    compare(lm, state, list(tasks.lm_batches(stream, 8, 6)))
+
+    # evaluation over the mesh equals evaluation on one device
+    eval_step = train.make_eval_step(model)
+    params = model.init(jax.random.key(1))
+    one = train.evaluate(eval_step, params, batches)
+    four = train.evaluate(eval_step, params, batches, mesh=mesh)
+    np.testing.assert_allclose(one["loss"], four["loss"], rtol=1e-5)
+
+    # a whole run uses every device, and a batch that does not split is a clear error
+    out = pathlib.Path(tempfile.mkdtemp())
+    text = out / "text.txt"
+    text.write_text("sharded training over four devices. " * 30, encoding="utf-8")
+    options = runs.Options(hidden=8, embed=4, batch_size=4, seq_len=8, epochs=1)
+    metrics = runs.train("lm", {"text": text}, options, out, log=lambda m: None)
+    assert metrics["devices"] == 4 and metrics["steps"] > 0
+    try:
+        runs.train("lm", {"text": text}, runs.Options(batch_size=6, epochs=1), out)
+    except ValueError as e:
+        assert "not divisible by the 4 devices" in str(e), e
+    else:
+        raise AssertionError("batch size 6 on 4 devices was accepted")
+    print("OK", json.dumps(losses))
+    """
+)
+
+
+def test_four_device_step_equals_one_device_step():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, timeout=300
+    )
+    out = proc.stdout.decode() + proc.stderr.decode()
+    assert proc.returncode == 0 and "OK" in proc.stdout.decode(), out[-3000:]

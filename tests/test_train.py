@@ -1,0 +1,234 @@
+"""Tests for jrnn.train, jrnn.loop, jrnn.models and jrnn.tasks: learning actually happens."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jrnn import tasks, train
+from jrnn.data import Vocab, bucket_lengths
+from jrnn.loop import fit
+from jrnn.losses import cross_entropy
+from jrnn.models import Classifier, LanguageModel, Tagger, from_config
+
+
+def _toy_classification(n=12, seed=0):
+    """Random id sequences of varied lengths with random labels: only memorisation fits them."""
+    rng = np.random.default_rng(seed)
+    return [
+        (rng.integers(2, 20, size=rng.integers(2, 7)), int(rng.integers(0, 2))) for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "cell", "bidirectional"),
+    [("adamw", "lstm", True), ("adam", "gru", False), ("sgd", "rnn", False)],
+)
+def test_classifier_memorises_toy_set(name, cell, bidirectional):
+    items = _toy_classification()
+    model = Classifier(
+        vocab_size=20,
+        num_classes=2,
+        embed=8,
+        hidden=16,
+        cell=cell,
+        bidirectional=bidirectional,
+        dropout=0.0,
+    )
+    lr = 0.3 if name == "sgd" else 0.03
+    optimizer = train.make_optimizer(name, lr)
+    state = train.init_state(model, optimizer, jax.random.key(0))
+    step = train.make_train_step(model, optimizer)
+    batch = next(tasks.classify_batches(items, len(items), seed=0, shuffle=False))
+    first = None
+    for i in range(100):
+        state, metrics = step(state, batch, jax.random.key(i))
+        first = float(metrics["loss"]) if first is None else first
+    eval_step = train.make_eval_step(model)
+    result = train.evaluate(eval_step, state.params, [batch])
+    assert result["accuracy"] == 1.0, (name, result)
+    assert result["loss"] < 0.2 * first
+    assert step._cache_size() == 1  # every call after the first reused the compiled step
+
+
+def test_tagger_with_characters_learns_unseen_words():
+    # the tag is a function of a word's last letter; nearly every word is rare (so <unk> to the
+    # word embedding) and the test words never occur in training: only characters can tell
+    rng = np.random.default_rng(0)
+    tag_of = {"s": "NOUN", "d": "VERB", "y": "ADV"}
+
+    def sentence(stem_len=2):
+        stems = ["".join(rng.choice(list("abcefg"), stem_len)) for _ in range(4)]
+        words = [stem + rng.choice(list(tag_of)) for stem in stems]
+        return words, [tag_of[w[-1]] for w in words]
+
+    train_sents = [sentence() for _ in range(24)]
+    test_sents = [sentence(stem_len=3) for _ in range(6)]  # longer stems: unseen words
+    vocabs = tasks.tag_vocabs(train_sents)
+    model = Tagger(
+        len(vocabs["words"]),
+        len(vocabs["tags"]),
+        len(vocabs["chars"]),
+        embed=4,
+        hidden=16,
+        cell="rnn",
+        bidirectional=False,
+        dropout=0.0,
+        char_embed=8,
+        char_hidden=8,
+    )
+    optimizer = train.make_optimizer("adam", 0.03)
+    state = train.init_state(model, optimizer, jax.random.key(0))
+    data = tasks.tag_data(train_sents, vocabs, max_word_len=4)
+    state, summary = fit(
+        train.make_train_step(model, optimizer),
+        state,
+        lambda epoch: tasks.tag_batches(data, 12, seed=epoch),
+        steps_per_epoch=2,
+        epochs=20,
+        key=jax.random.key(1),
+        learning_rate=0.03,
+    )
+    curve = [loss for _, loss in summary["loss_curve"]]
+    assert curve[-1] < 0.1 * curve[0]
+    test_data = tasks.tag_data(test_sents, vocabs, max_word_len=4)
+    test = tasks.tag_batches(test_data, 12, seed=0, shuffle=False)
+    result = train.evaluate(train.make_eval_step(model), state.params, test)
+    assert result["count"] == 4 * len(test_sents) and result["accuracy"] >= 0.9, result
+
+
+TEXT = "the cat sat on the mat. " * 40
+VOCAB = Vocab.build(TEXT)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    """One language model and its compiled step, shared by the tests below (one compilation)."""
+    model = LanguageModel(len(VOCAB), embed=8, hidden=16, layers=2)
+    optimizer = train.make_optimizer("adamw", 1e-2)
+    return model, optimizer, train.make_train_step(model, optimizer)
+
+
+def test_truncated_bptt_carries_state_and_stops_gradient(lm):
+    model, optimizer, step = lm
+    state = train.init_state(model, optimizer, jax.random.key(0), batch_size=2)
+    state = train.set_learning_rate(state, 0.0)  # no update: compare the forward pass
+    ids = np.random.default_rng(0).integers(0, len(VOCAB), size=(2, 33)).astype(np.int32)
+    chunks = [{"ids": ids[:, s : s + 16], "targets": ids[:, s + 1 : s + 17]} for s in (0, 16)]
+    s1, _ = step(state, chunks[0], jax.random.key(1))
+    s2, metrics = step(s1, chunks[1], jax.random.key(2))
+    # the carry after two chunks is the state after reading all 32 ids in one go
+    _, full_carry = jax.jit(model.apply)(state.params, jnp.asarray(ids[:, :32]))
+    for got, want in zip(s2.carry, full_carry, strict=True):  # (h, c)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    # the gradient of chunk 2 treats the incoming carry as a constant (truncated BPTT)
+    carry = s1.carry
+
+    def chunk_loss(params):
+        logits, _ = model.apply(params, chunks[1]["ids"], carry)
+        return cross_entropy(logits, chunks[1]["targets"])
+
+    expected = optax.tree.norm(jax.jit(jax.grad(chunk_loss))(s1.params))
+    np.testing.assert_allclose(float(metrics["grad_norm"]), float(expected), rtol=1e-5)
+
+
+def test_language_model_learns_a_stream(lm):
+    model, optimizer, step = lm
+    ids = VOCAB.encode(TEXT)
+    steps = tasks.lm_steps(len(ids), 2, 16)
+    _, summary = fit(
+        step,
+        train.init_state(model, optimizer, jax.random.key(0), batch_size=2),
+        lambda epoch: tasks.lm_batches(ids, 2, 16),
+        steps_per_epoch=steps,
+        epochs=4,
+        key=jax.random.key(1),
+        learning_rate=1e-2,
+    )
+    curve = [loss for _, loss in summary["loss_curve"]]
+    assert curve[0] > math.log(len(VOCAB)) - 0.5 and curve[-1] < 0.5
+    assert summary["shapes"] == 1 and summary["steps"] == 4 * steps
+    assert step._cache_size() == 1  # the step compiled once for every test of this module
+
+
+def test_set_learning_rate_changes_the_update_without_recompiling(lm):
+    model, optimizer, step = lm
+    state = train.init_state(model, optimizer, jax.random.key(0), batch_size=2)
+    batch = {"ids": np.zeros((2, 16), np.int32), "targets": np.ones((2, 16), np.int32)}
+    after = {}
+    for lr in (0.0, 0.5):
+        new, _ = step(train.set_learning_rate(state, lr), batch, jax.random.key(0))
+        after[lr] = np.asarray(new.params["head"]["bias"])
+    np.testing.assert_array_equal(after[0.0], np.asarray(state.params["head"]["bias"]))
+    assert not np.allclose(after[0.5], np.asarray(state.params["head"]["bias"]))
+    assert step._cache_size() == 1
+
+
+def test_bucketing_bounds_the_number_of_compiled_shapes():
+    items = [*_toy_classification(n=40, seed=1), (np.arange(2, 16), 0)]
+    buckets = bucket_lengths(14, 2)
+    model = Classifier(vocab_size=20, num_classes=2, embed=4, hidden=4, cell="rnn", dropout=0.0)
+    optimizer = train.make_optimizer("sgd", 0.1)
+    step = train.make_train_step(model, optimizer)
+    _, summary = fit(
+        step,
+        train.init_state(model, optimizer, jax.random.key(0)),
+        lambda epoch: tasks.classify_batches(items, 8, seed=epoch, buckets=buckets),
+        steps_per_epoch=math.ceil(len(items) / 8),
+        epochs=2,
+        key=jax.random.key(1),
+        learning_rate=1e-3,
+    )
+    assert summary["shapes"] == step._cache_size() == len(buckets)
+
+
+def test_padding_rows_do_not_change_evaluation():
+    items = _toy_classification(n=5)
+    model = Classifier(vocab_size=20, num_classes=2, embed=4, hidden=4, pooling="mean")
+    params = model.init(jax.random.key(0))
+    eval_step = train.make_eval_step(model)
+    exact = train.evaluate(eval_step, params, tasks.classify_batches(items, 5, seed=0))
+    padded = train.evaluate(eval_step, params, tasks.classify_batches(items, 8, seed=0))
+    assert padded["count"] == exact["count"] == 5
+    assert padded["loss"] == pytest.approx(exact["loss"], rel=1e-5)
+    assert padded["accuracy"] == pytest.approx(exact["accuracy"])
+
+
+def test_schedules():
+    assert train.learning_rate_at(0.0, 1.0) == pytest.approx(1.0)
+    assert train.learning_rate_at(0.5, 1.0) == pytest.approx(0.55)
+    assert train.learning_rate_at(1.0, 1.0) == pytest.approx(0.1)
+    assert train.learning_rate_at(0.7, 2.0, "constant") == 2.0
+
+
+def test_bad_configuration_errors():
+    with pytest.raises(ValueError, match="name: expected one of"):
+        train.make_optimizer("rmsprop")
+    with pytest.raises(ValueError, match="learning_rate: expected a positive number"):
+        train.make_optimizer("adam", 0.0)
+    with pytest.raises(ValueError, match="schedule: expected one of"):
+        train.learning_rate_at(0.1, 1.0, "linear")
+    with pytest.raises(ValueError, match="cell: expected one of"):
+        LanguageModel(vocab_size=5, cell="lstmm")
+    with pytest.raises(ValueError, match="hidden: expected a positive integer"):
+        Classifier(vocab_size=5, num_classes=2, hidden=0)
+    with pytest.raises(ValueError, match="pooling: expected one of"):
+        Classifier(vocab_size=5, num_classes=2, pooling="sum")
+    with pytest.raises(ValueError, match="batch_size"):
+        train.init_state(
+            LanguageModel(5, embed=2, hidden=2), train.make_optimizer(), jax.random.key(0)
+        )
+    tagger = Tagger(
+        vocab_size=5, num_tags=3, char_vocab_size=4, embed=2, hidden=2, char_embed=2, char_hidden=2
+    )
+    with pytest.raises(ValueError, match="chars: expected character ids"):
+        tagger.apply(tagger.init(jax.random.key(0)), jnp.ones((1, 2), jnp.int32), jnp.array([2]))
+    model = Tagger(vocab_size=5, num_tags=3, char_vocab_size=4, hidden=7)
+    assert from_config(model.config()) == model
+    with pytest.raises(ValueError, match="unknown fields"):
+        from_config({**model.config(), "depth": 3})
