@@ -66,6 +66,9 @@ def _common(
         bool | None, typer.Option(help="Read each sequence in both directions (not lm).")
     ] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout rate in [0, 1).")] = None,
+    word_dropout: Annotated[
+        float | None, typer.Option(help="Rate of words read as <unk> in training (not lm).")
+    ] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam, adamw or sgd.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     schedule: Annotated[str | None, typer.Option(help="constant or cosine decay.")] = None,
@@ -137,7 +140,7 @@ def _classify(
     valid: Annotated[Path, typer.Option(help="Validation TSV file.")],
     test: Annotated[Path | None, typer.Option(help="Test TSV file.")] = None,
     pooling: Annotated[
-        str | None, typer.Option(help="last, mean or max over time (default: last).")
+        str | None, typer.Option(help="last, mean or max over time (default: max).")
     ] = None,
 ):
     """Sentence classification (many-to-one): embedding, recurrent stack, pooling, softmax."""

@@ -7,7 +7,9 @@ only hyper-parameters. ``model.init(key)`` returns a params pytree
 :mod:`jrnn.tasks` builds them) and is what the training step calls.
 
 Dropout (rate ``dropout``) is applied, when a ``dropout_key`` is given, to the embeddings,
-between recurrent layers and to the recurrent outputs before the head.
+between recurrent layers and to the recurrent outputs before the head. The classifier and the
+tagger also take ``word_dropout``: in training, each word id becomes ``<unk>`` with that
+probability, so that the model learns to cope with words it has never seen.
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -28,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jrnn import heads
+from jrnn.data import Vocab
 from jrnn.nn import GRU, LSTM, RNN, Spec
 from jrnn.stack import dropout
 
@@ -36,7 +39,9 @@ CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 Batch = dict[str, jax.Array]
 
 
-def _rnn(cell: str, input_size: int, hidden: int, layers: int, bidirectional: bool, rate: float):
+def _rnn(
+    cell: str, input_size: int, hidden: int, layers: int, bidirectional: bool, rate: float
+) -> Spec:
     return CELLS[cell](
         input_size, hidden, num_layers=layers, dropout=rate, bidirectional=bidirectional
     )
@@ -46,6 +51,14 @@ def _drop(key: jax.Array | None, index: int, rate: float, x: jax.Array) -> jax.A
     if key is None or rate == 0:
         return x
     return dropout(jax.random.fold_in(key, index), rate, x)
+
+
+def _drop_words(key: jax.Array | None, rate: float, ids: jax.Array) -> jax.Array:
+    """Word dropout: replace each non-padding id by ``<unk>`` with probability ``rate``."""
+    if key is None or rate == 0:
+        return ids
+    drop = jax.random.bernoulli(jax.random.fold_in(key, 3), rate, ids.shape)
+    return jnp.where(drop & (ids != Vocab.pad_id), jnp.full_like(ids, Vocab.unk_id), ids)
 
 
 class _Model:
@@ -64,8 +77,10 @@ class _Model:
                 raise ValueError(f"{f.name}: expected a positive integer, got {value!r}")
         if self.cell not in CELLS:
             raise ValueError(f"cell: expected one of {sorted(CELLS)}, got {self.cell!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "word_dropout"):
+            rate = getattr(self, name, 0.0)
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name}: expected a number in [0, 1), got {rate!r}")
 
     def config(self) -> dict[str, Any]:
         """``{"task": ..., **fields}``, JSON-serialisable; inverse of :func:`from_config`."""
@@ -155,6 +170,7 @@ class Classifier(_Model):
     bidirectional: bool = True
     dropout: float = 0.5
     pooling: str = "last"
+    word_dropout: float = 0.0
     task: ClassVar[str] = "classify"
 
     def __post_init__(self) -> None:
@@ -188,6 +204,7 @@ class Classifier(_Model):
         dropout_key: jax.Array | None = None,
     ) -> jax.Array:
         """Class logits `(B, num_classes)` for padded `ids (B, T)` with `lengths (B,)`."""
+        ids = _drop_words(dropout_key, self.word_dropout, ids)
         x = _drop(dropout_key, 0, self.dropout, heads.embed(params["embedding"], ids))
         key = None if dropout_key is None else jax.random.fold_in(dropout_key, 1)
         rnn = self.rnn
@@ -227,6 +244,7 @@ class Tagger(_Model):
     dropout: float = 0.33
     char_embed: int = 32
     char_hidden: int = 64
+    word_dropout: float = 0.0
     task: ClassVar[str] = "tag"
 
     @property
@@ -275,7 +293,7 @@ class Tagger(_Model):
         Returns:
             `(B, T, num_tags)`.
         """
-        x = heads.embed(params["embedding"], ids)
+        x = heads.embed(params["embedding"], _drop_words(dropout_key, self.word_dropout, ids))
         if self.char_vocab_size:
             if chars is None or jnp.ndim(chars) != 3 or jnp.shape(chars)[:2] != ids.shape:
                 raise ValueError(

@@ -59,6 +59,7 @@ class Options:
     embed: int = 128
     bidirectional: bool = False
     dropout: float = 0.0
+    word_dropout: float = 0.0  # classify, tag
     pooling: str = "last"  # classify
     chars: bool = True  # tag: character-level word features
     tag: str = "upos"  # tag: the CoNLL-U column
@@ -76,7 +77,9 @@ class Options:
 
 DEFAULTS = {
     "lm": Options(layers=1, hidden=256, embed=64, batch_size=32, seq_len=64),
-    "classify": Options(hidden=128, embed=128, bidirectional=True, dropout=0.5, epochs=10),
+    "classify": Options(
+        hidden=128, embed=128, bidirectional=True, dropout=0.5, pooling="max", epochs=10
+    ),
     "tag": Options(
         hidden=128, embed=100, bidirectional=True, dropout=0.33, batch_size=32, epochs=15
     ),
@@ -193,6 +196,8 @@ def check_options(task: str, options: Options) -> None:
             "--bidirectional: a language model cannot be bidirectional (it generates left to "
             "right, each output being the next input, so it may not read ahead)"
         )
+    if task == "lm" and options.word_dropout:
+        raise ValueError("--word-dropout: a language model reads its own text; not for lm")
     for name in ("layers", "hidden", "embed", "batch_size", "seq_len", "epochs"):
         value = getattr(options, name)
         if value is not None and (
@@ -207,8 +212,12 @@ def check_options(task: str, options: Options) -> None:
             raise ValueError(
                 f"--{name.replace('_', '-')}: expected a positive number, got {value!r}"
             )
-    if not 0 <= options.dropout < 1:
-        raise ValueError(f"--dropout: expected a number in [0, 1), got {options.dropout!r}")
+    for name in ("dropout", "word_dropout"):
+        rate = getattr(options, name)
+        if not 0 <= rate < 1:
+            raise ValueError(
+                f"--{name.replace('_', '-')}: expected a number in [0, 1), got {rate!r}"
+            )
     for name, allowed in _CHOICES.items():
         if getattr(options, name) not in allowed:
             raise ValueError(
@@ -232,11 +241,12 @@ def build_model(task: str, options: Options, vocabs: dict[str, Vocab]) -> Model:
     if task == "classify":
         return Classifier(
             len(vocabs["words"]), len(vocabs["labels"]), o.embed, o.hidden, o.layers, o.cell,
-            o.bidirectional, o.dropout, o.pooling,
+            o.bidirectional, o.dropout, o.pooling, o.word_dropout,
         )  # fmt: skip
     return Tagger(
         len(vocabs["words"]), len(vocabs["tags"]), len(vocabs["chars"]) if o.chars else 0,
         o.embed, o.hidden, o.layers, o.cell, o.bidirectional, o.dropout,
+        word_dropout=o.word_dropout,
     )  # fmt: skip
 
 

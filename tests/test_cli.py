@@ -202,6 +202,7 @@ def test_train_tag_and_eval(files, tmp_path):
         (["--dropout", "1.5"], ["--dropout"]),
         (["--cell", "lstmm"], ["--cell: expected one of rnn, lstm, gru"]),
         (["--bidirectional"], ["cannot be bidirectional"]),
+        (["--word-dropout", "0.1"], ["--word-dropout", "not for lm"]),
     ],
 )
 def test_bad_options(files, tmp_path, args, fragments):

@@ -232,3 +232,18 @@ def test_bad_configuration_errors():
     assert from_config(model.config()) == model
     with pytest.raises(ValueError, match="unknown fields"):
         from_config({**model.config(), "depth": 3})
+
+
+def test_word_dropout_replaces_words_with_unk_only_in_training():
+    from jrnn.models import _drop_words
+
+    ids = jnp.asarray(np.random.default_rng(0).integers(2, 50, size=(40, 50)), jnp.int32)
+    ids = ids.at[:, 40:].set(0)  # padding
+    dropped = np.asarray(_drop_words(jax.random.key(0), 0.3, ids))
+    unk = dropped == 1
+    assert not unk[:, 40:].any() and (dropped[:, 40:] == 0).all()
+    assert abs(unk[:, :40].mean() - 0.3) < 0.03
+    np.testing.assert_array_equal(dropped[~unk], np.asarray(ids)[~unk])
+    assert _drop_words(None, 0.3, ids) is ids
+    with pytest.raises(ValueError, match="word_dropout: expected a number in"):
+        Tagger(vocab_size=5, num_tags=3, word_dropout=1.0)
