@@ -33,6 +33,7 @@ from benchmarks import models
 from benchmarks.configs import CONFIGS, Config, forward_flops
 from benchmarks.models import Model
 from benchmarks.report import Report, Row
+from jrnn import malloc
 
 FRAMEWORKS = ("jrnn", "torch", "flax")
 TOLERANCE = {"cpu": 1e-4, "gpu": 1e-2}  # on GPUs both jax and cuDNN use TF32 matmuls by default
@@ -256,6 +257,7 @@ def main(argv: list[str] | None = None) -> Report:
             "train step = forward + backward of mean(output**2) w.r.t. params and input"
         )
         meta["load_average_1min"] = f"{os.getloadavg()[0]:.1f} at the start"
+        meta["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "(not set)")
         report = Report(meta, TOLERANCE[args.device], {c.name: c.describe() for c in configs})
         report.notes.extend(notes)
         for config in configs:
@@ -269,4 +271,5 @@ def main(argv: list[str] | None = None) -> Report:
 
 
 if __name__ == "__main__":
+    malloc.reexec()  # the same glibc malloc settings as the jrnn command (see jrnn.malloc)
     main()

@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -48,10 +49,48 @@ Pointwise = Callable[
 ]
 
 
-def affine(x: jax.Array, weight: jax.Array, bias: jax.Array | None) -> jax.Array:
+def affine(
+    x: jax.Array, weight: jax.Array, bias: jax.Array | None, matmul_dtype: Any = None
+) -> jax.Array:
     """``x @ weight.T + bias`` with the bias broadcast explicitly over the leading axes."""
-    y = x @ weight.T
+    y = einsum("...d,gd->...g", x, weight, matmul_dtype)
     return y if bias is None else y + jnp.expand_dims(bias, tuple(range(y.ndim - 1)))
+
+
+def einsum(subscripts: str, a: jax.Array, b: jax.Array, matmul_dtype: Any = None) -> jax.Array:
+    """``jnp.einsum`` of two operands; :func:`mixed_einsum` when ``matmul_dtype`` is given."""
+    if matmul_dtype is None:
+        return jnp.einsum(subscripts, a, b)
+    return mixed_einsum(subscripts, a, b, matmul_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def mixed_einsum(subscripts: str, a: jax.Array, b: jax.Array, dtype: Any) -> jax.Array:
+    """``jnp.einsum(subscripts, a, b)`` with operands rounded to ``dtype`` (e.g. bfloat16).
+
+    Mixed precision: the matmul reads ``dtype`` operands (the bf16 matrix units of recent CPUs
+    and GPUs) and accumulates and returns ``a``'s dtype. The backward pass does the same: the
+    output cotangent is rounded to ``dtype`` and both gradients come back in the operands' own
+    dtypes, so a weight's gradient summed over time steps is summed in float32. (Being a
+    custom VJP, it supports reverse-mode differentiation only.)
+    """
+    return jnp.einsum(subscripts, a.astype(dtype), b.astype(dtype), preferred_element_type=a.dtype)
+
+
+def _mixed_fwd(subscripts, a, b, dtype):
+    return mixed_einsum(subscripts, a, b, dtype), (a, b)
+
+
+def _mixed_bwd(subscripts, dtype, residuals, ct):
+    a, b = residuals
+    (sa, sb), out = subscripts.split("->")[0].split(","), subscripts.split("->")[1]
+    ct, a16, b16 = ct.astype(dtype), a.astype(dtype), b.astype(dtype)
+    da = jnp.einsum(f"{out},{sb}->{sa}", ct, b16, preferred_element_type=a.dtype)
+    db = jnp.einsum(f"{out},{sa}->{sb}", ct, a16, preferred_element_type=b.dtype)
+    return da, db
+
+
+mixed_einsum.defvjp(_mixed_fwd, _mixed_bwd)
 
 
 class Cell(NamedTuple):

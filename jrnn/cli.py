@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
-from jrnn import runs
+from jrnn import malloc, runs
 from jrnn.loop import StepInfo
 
 app = typer.Typer(
@@ -77,6 +77,10 @@ def _common(
     epochs: Annotated[int | None, typer.Option(help="Passes over the training data.")] = None,
     time_budget: Annotated[
         float | None, typer.Option(help="Stop training after this many seconds.")
+    ] = None,
+    matmul_dtype: Annotated[
+        str | None,
+        typer.Option(help="float32 (exact) or bfloat16 (mixed precision: bf16 matmul operands)."),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for init, dropout, shuffling.")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
@@ -273,3 +277,9 @@ def evaluate(
     typer.echo(
         "  ".join(f"{k} {v:.4f}" if k != "count" else f"{k} {v:.0f}" for k, v in metrics.items())
     )
+
+
+def main() -> None:
+    """Entry point of the ``jrnn`` console script: glibc malloc settings, then the command."""
+    malloc.reexec()
+    app()

@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jrnn.cells import Cell, Params, affine
+from jrnn.cells import Cell, Params, affine, einsum
 from jrnn.sequence import reverse_valid, valid_mask
 
 
@@ -39,11 +39,11 @@ def _per_direction(a: jax.Array, k: int) -> jax.Array:
     return a.reshape(k, a.shape[0] // k, a.shape[1])
 
 
-def _step(cell: Cell, w_hr, gx_t, gh_t, h, c, keep):
+def _step(cell: Cell, w_hr, matmul_dtype, gx_t, gh_t, h, c, keep):
     """Gates, optional projection and masking of one step, all `R` rows at once."""
     m, c_new = cell.pointwise(gx_t, gh_t, h, c)
     if w_hr is not None:
-        m = jnp.einsum("kbh,kph->kbp", _per_direction(m, w_hr.shape[0]), w_hr)
+        m = einsum("kbh,kph->kbp", _per_direction(m, w_hr.shape[0]), w_hr, matmul_dtype)
     h_new = m.reshape(h.shape)
     y = h_new
     if keep is not None:
@@ -54,10 +54,10 @@ def _step(cell: Cell, w_hr, gx_t, gh_t, h, c, keep):
     return (h_new, c_new), y
 
 
-def _recurrent(rec: Params, h: jax.Array) -> jax.Array:
+def _recurrent(rec: Params, h: jax.Array, matmul_dtype: Any) -> jax.Array:
     """``h @ weight_hh.T + bias_hh`` per direction: `(R, H_out) -> (R, G*H)`."""
     k = rec["weight_hh"].shape[0]
-    gh = jnp.einsum("kbh,kgh->kbg", _per_direction(h, k), rec["weight_hh"])
+    gh = einsum("kbh,kgh->kbg", _per_direction(h, k), rec["weight_hh"], matmul_dtype)
     if "bias_hh" in rec:
         gh = gh + rec["bias_hh"][:, None, :]
     return gh.reshape(h.shape[0], -1)
@@ -85,16 +85,16 @@ def _scan_ahead(body, carry, xs, *, unroll=1):
     return carry, ys
 
 
-def _project(p: Params, xs: tuple[jax.Array, ...]) -> jax.Array:
+def _project(p: Params, xs: tuple[jax.Array, ...], matmul_dtype: Any) -> jax.Array:
     """Input half for every step: `k` inputs `(T, B, D)` -> `(T, k*B, G*H)`, one matmul each."""
     gx = [
-        affine(x, p["weight_ih"][d], p["bias_ih"][d] if "bias_ih" in p else None)
+        affine(x, p["weight_ih"][d], p["bias_ih"][d] if "bias_ih" in p else None, matmul_dtype)
         for d, x in enumerate(xs)
     ]
     return gx[0] if len(gx) == 1 else jnp.concatenate(gx, axis=1)
 
 
-def _forward(cell: Cell, unroll, p: Params, xs, h0, c0, mask):
+def _forward(cell: Cell, unroll, matmul_dtype, p: Params, xs, h0, c0, mask):
     """Project the inputs of every direction, then scan over time from the carry ``(h0, c0)``."""
     rec = {name: p[name] for name in ("weight_hh", "bias_hh") if name in p}
     w_hr = p.get("weight_hr")
@@ -102,13 +102,14 @@ def _forward(cell: Cell, unroll, p: Params, xs, h0, c0, mask):
     def body(carry, inputs):
         h, c = carry
         gx_t, keep = inputs
-        return _step(cell, w_hr, gx_t, _recurrent(rec, h), h, c, keep)
+        gh_t = _recurrent(rec, h, matmul_dtype)
+        return _step(cell, w_hr, matmul_dtype, gx_t, gh_t, h, c, keep)
 
-    (h, c), ys = _scan_ahead(body, (h0, c0), (_project(p, xs), mask), unroll=unroll)
+    (h, c), ys = _scan_ahead(body, (h0, c0), (_project(p, xs, matmul_dtype), mask), unroll=unroll)
     return ys, h, c
 
 
-def _chunked(cell: Cell, unroll, remat: int, p: Params, xs, h0, c0, mask):
+def _chunked(cell: Cell, unroll, matmul_dtype, remat: int, p: Params, xs, h0, c0, mask):
     """:func:`_forward` in chunks of ``remat`` steps under ``jax.checkpoint``.
 
     Only the carries between chunks are saved; the backward pass recomputes each chunk, input
@@ -129,7 +130,7 @@ def _chunked(cell: Cell, unroll, remat: int, p: Params, xs, h0, c0, mask):
     @jax.checkpoint
     def body(carry, chunk):
         xs_chunk, mask_chunk = chunk
-        ys, h, c = _forward(cell, unroll, p, xs_chunk, *carry, mask_chunk)
+        ys, h, c = _forward(cell, unroll, matmul_dtype, p, xs_chunk, *carry, mask_chunk)
         return (h, c), ys
 
     (h, c), ys = jax.lax.scan(body, (h0, c0), (tuple(map(split, xs)), split(mask)))
@@ -145,6 +146,7 @@ def layer(
     lengths: jax.Array | None = None,
     unroll: int | bool = 1,
     remat: int | None = None,
+    matmul_dtype: Any = None,
 ) -> tuple[jax.Array, Any]:
     """One layer with ``k = len(params)`` directions (forward, then reverse).
 
@@ -156,6 +158,8 @@ def layer(
         lengths: optional `(B,)` valid lengths.
         unroll: ``jax.lax.scan`` unrolling.
         remat: recompute activations in chunks of this many steps during the backward pass.
+        matmul_dtype: round the matmul operands to this dtype (e.g. ``jnp.bfloat16``), with
+            products accumulated in ``xs``'s dtype; None keeps every matmul in ``xs``'s dtype.
 
     Returns:
         ``(ys, carry)``: `ys (T, B, k*H_out)` and the final carry, leaves `(k, B, ...)`.
@@ -168,9 +172,9 @@ def layer(
     rows = jax.tree.map(lambda a: a.reshape(k * batch, *a.shape[2:]), h0)
     h0, c0 = rows if cell.has_cell_state else (rows, None)
     if remat:
-        ys, h, c = _chunked(cell, unroll, remat, p, inputs, h0, c0, mask)
+        ys, h, c = _chunked(cell, unroll, matmul_dtype, remat, p, inputs, h0, c0, mask)
     else:
-        ys, h, c = _forward(cell, unroll, p, inputs, h0, c0, mask)
+        ys, h, c = _forward(cell, unroll, matmul_dtype, p, inputs, h0, c0, mask)
     if k == 2:
         ys = ys.reshape(steps, 2, batch, -1)
         ys = jnp.concatenate([ys[:, 0], _reverse(ys[:, 1], lengths)], axis=-1)

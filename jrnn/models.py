@@ -6,6 +6,10 @@ only hyper-parameters. ``model.init(key)`` returns a params pytree
 ``model.forward(params, batch, carry, dropout_key=...)`` runs the model on a batch dict (as
 :mod:`jrnn.tasks` builds them) and is what the training step calls.
 
+``matmul_dtype="bfloat16"`` runs every recurrent matmul with bf16 operands and float32
+accumulation (mixed precision, see :func:`jrnn.cells.mixed_einsum`); the default ``"float32"``
+is exact.
+
 Dropout (rate ``dropout``) is applied, when a ``dropout_key`` is given, to the embeddings,
 between recurrent layers and to the recurrent outputs before the head. The classifier and the
 tagger also take ``word_dropout``: in training, each word id becomes ``<unk>`` with that
@@ -61,12 +65,16 @@ def _drop_words(key: jax.Array | None, rate: float, ids: jax.Array) -> jax.Array
     return jnp.where(drop & (ids != Vocab.pad_id), jnp.full_like(ids, Vocab.unk_id), ids)
 
 
+MATMUL_DTYPES = ("float32", "bfloat16")
+
+
 class _Model:
     """Validation and config round trips shared by the task models."""
 
     task: ClassVar[str]
     cell: str
     dropout: float
+    matmul_dtype: str
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -77,10 +85,18 @@ class _Model:
                 raise ValueError(f"{f.name}: expected a positive integer, got {value!r}")
         if self.cell not in CELLS:
             raise ValueError(f"cell: expected one of {sorted(CELLS)}, got {self.cell!r}")
+        if self.matmul_dtype not in MATMUL_DTYPES:
+            raise ValueError(
+                f"matmul_dtype: expected one of {MATMUL_DTYPES}, got {self.matmul_dtype!r}"
+            )
         for name in ("dropout", "word_dropout"):
             rate = getattr(self, name, 0.0)
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"{name}: expected a number in [0, 1), got {rate!r}")
+
+    @property
+    def _matmul(self) -> Any:
+        return None if self.matmul_dtype == "float32" else jnp.dtype(self.matmul_dtype)
 
     def config(self) -> dict[str, Any]:
         """``{"task": ..., **fields}``, JSON-serialisable; inverse of :func:`from_config`."""
@@ -100,6 +116,7 @@ class LanguageModel(_Model):
     layers: int = 1
     cell: str = "lstm"
     dropout: float = 0.0
+    matmul_dtype: str = "float32"
     task: ClassVar[str] = "lm"
 
     @property
@@ -141,7 +158,9 @@ class LanguageModel(_Model):
         """
         x = _drop(dropout_key, 0, self.dropout, heads.embed(params["embedding"], ids))
         key = None if dropout_key is None else jax.random.fold_in(dropout_key, 1)
-        ys, carry = self.rnn.apply(params["rnn"], x, carry, dropout_key=key)
+        ys, carry = self.rnn.apply(
+            params["rnn"], x, carry, dropout_key=key, matmul_dtype=self._matmul
+        )
         ys = _drop(dropout_key, 2, self.dropout, ys)
         return heads.linear(params["head"], ys), carry
 
@@ -171,6 +190,7 @@ class Classifier(_Model):
     dropout: float = 0.5
     pooling: str = "last"
     word_dropout: float = 0.0
+    matmul_dtype: str = "float32"
     task: ClassVar[str] = "classify"
 
     def __post_init__(self) -> None:
@@ -208,7 +228,9 @@ class Classifier(_Model):
         x = _drop(dropout_key, 0, self.dropout, heads.embed(params["embedding"], ids))
         key = None if dropout_key is None else jax.random.fold_in(dropout_key, 1)
         rnn = self.rnn
-        ys, _ = rnn.apply(params["rnn"], x, lengths=lengths, dropout_key=key)
+        ys, _ = rnn.apply(
+            params["rnn"], x, lengths=lengths, dropout_key=key, matmul_dtype=self._matmul
+        )
         pooled = heads.pool(ys, lengths, mode=self.pooling, num_directions=rnn.num_directions)
         return heads.linear(params["head"], _drop(dropout_key, 2, self.dropout, pooled))
 
@@ -245,6 +267,7 @@ class Tagger(_Model):
     char_embed: int = 32
     char_hidden: int = 64
     word_dropout: float = 0.0
+    matmul_dtype: str = "float32"
     task: ClassVar[str] = "tag"
 
     @property
@@ -277,6 +300,7 @@ class Tagger(_Model):
         ids: jax.Array,
         lengths: jax.Array,
         chars: jax.Array | None = None,
+        char_index: jax.Array | None = None,
         *,
         dropout_key: jax.Array | None = None,
     ) -> jax.Array:
@@ -284,10 +308,11 @@ class Tagger(_Model):
 
         Args:
             params: from :meth:`init`.
-            ids: `(B, T)` word ids, `lengths (B,)` valid lengths.
+            ids: `(B, T)` word ids.
             lengths: `(B,)` sentence lengths in ``[1, T]``.
-            chars: `(B, T, W)` character ids of each word, right-padded with 0; required when
-                the model has a character encoder.
+            chars: `(U, W)` character ids of the batch's distinct word forms, right-padded
+                with 0; required when the model has a character encoder.
+            char_index: `(B, T)` row of ``chars`` holding each position's word.
             dropout_key: turns dropout on (training).
 
         Returns:
@@ -295,27 +320,35 @@ class Tagger(_Model):
         """
         x = heads.embed(params["embedding"], _drop_words(dropout_key, self.word_dropout, ids))
         if self.char_vocab_size:
-            if chars is None or jnp.ndim(chars) != 3 or jnp.shape(chars)[:2] != ids.shape:
+            if chars is None or jnp.ndim(chars) != 2 or char_index is None:
                 raise ValueError(
-                    f"chars: expected character ids of shape {ids.shape} + (W,), "
-                    f"got {None if chars is None else jnp.shape(chars)}"
+                    "chars: expected character ids of shape (U, W) and char_index of shape "
+                    f"{ids.shape}, got {None if chars is None else jnp.shape(chars)} and "
+                    f"{None if char_index is None else jnp.shape(char_index)}"
                 )
-            x = jnp.concatenate([x, self._char_features(params, chars)], axis=-1)
+            if jnp.shape(char_index) != ids.shape:
+                raise ValueError(
+                    f"char_index: expected shape {ids.shape} (that of ids), "
+                    f"got {jnp.shape(char_index)}"
+                )
+            x = jnp.concatenate([x, self._char_features(params, chars)[char_index]], axis=-1)
         x = _drop(dropout_key, 0, self.dropout, x)
         key = None if dropout_key is None else jax.random.fold_in(dropout_key, 1)
-        ys, _ = self.rnn.apply(params["rnn"], x, lengths=lengths, dropout_key=key)
+        ys, _ = self.rnn.apply(
+            params["rnn"], x, lengths=lengths, dropout_key=key, matmul_dtype=self._matmul
+        )
         return heads.linear(params["head"], _drop(dropout_key, 2, self.dropout, ys))
 
     def _char_features(self, params: dict[str, Any], chars: jax.Array) -> jax.Array:
-        """`(B, T, W)` character ids -> `(B, T, 2*char_hidden)` final states of the char BiLSTM."""
-        b, t, w = chars.shape
-        flat = chars.reshape(b * t, w)
-        char_lengths = jnp.maximum((flat != 0).sum(axis=1), 1).astype(jnp.int32)
+        """`(U, W)` character ids -> `(U, 2*char_hidden)` final states of the char BiLSTM."""
+        lengths = jnp.maximum((chars != 0).sum(axis=1), 1).astype(jnp.int32)
         ys, _ = self.char_rnn.apply(
-            params["char_rnn"], heads.embed(params["char_embedding"], flat), lengths=char_lengths
+            params["char_rnn"],
+            heads.embed(params["char_embedding"], chars),
+            lengths=lengths,
+            matmul_dtype=self._matmul,
         )
-        pooled = heads.pool(ys, char_lengths, mode="last", num_directions=2)
-        return pooled.reshape(b, t, pooled.shape[-1])
+        return heads.pool(ys, lengths, mode="last", num_directions=2)
 
     def forward(
         self,
@@ -331,6 +364,7 @@ class Tagger(_Model):
             batch["ids"],
             batch["lengths"],
             batch.get("chars"),
+            batch.get("char_index"),
             dropout_key=dropout_key,
         )
         return logits, None

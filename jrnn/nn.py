@@ -110,6 +110,7 @@ class _Stack:
         dropout_key: jax.Array | None = None,
         unroll: int | bool = 1,
         remat: int | None = None,
+        matmul_dtype: Any = None,
     ) -> tuple[jax.Array, Carry]:
         """Run the stack.
 
@@ -125,6 +126,9 @@ class _Stack:
             remat: for long sequences: recompute activations in chunks of ``remat`` steps
                 during the backward pass, so memory grows as ``T / remat + remat`` rather than
                 ``T`` (``remat`` near ``sqrt(T)`` is best); the result is unchanged.
+            matmul_dtype: mixed precision: round the operands of every matmul to this dtype
+                (``jnp.bfloat16`` uses the bf16 matrix units of recent CPUs and GPUs) while
+                products, gates and states stay in ``x``'s dtype. None (default): exact.
 
         Returns:
             ``(output, h_n)``; ``output`` is `(B, T, dirs*H_out)` in the layout of ``x``.
@@ -132,6 +136,10 @@ class _Stack:
         self._check_params(params)
         if remat is not None:
             _positive_int("remat", remat)
+        if matmul_dtype is not None and not jnp.issubdtype(matmul_dtype, jnp.floating):
+            raise TypeError(
+                f"matmul_dtype: expected a floating-point dtype or None, got {matmul_dtype!r}"
+            )
         x = self._check_x(x)
         batched = x.ndim == 3
         xs = jnp.swapaxes(x, 0, 1) if batched and self.batch_first else x
@@ -150,6 +158,7 @@ class _Stack:
             dropout_key=dropout_key,
             unroll=unroll,
             remat=remat,
+            matmul_dtype=matmul_dtype,
         )
         return (jnp.swapaxes(ys, 0, 1) if batched and self.batch_first else ys), h_n
 

@@ -31,7 +31,7 @@ from jrnn.generate import generate
 from jrnn.heads import POOLING
 from jrnn.loop import StepInfo, fit
 from jrnn.losses import bits_per_char
-from jrnn.models import CELLS, Classifier, LanguageModel, Model, Tagger, from_config
+from jrnn.models import CELLS, MATMUL_DTYPES, Classifier, LanguageModel, Model, Tagger, from_config
 from jrnn.train import (
     OPTIMIZERS,
     SCHEDULES,
@@ -62,6 +62,7 @@ class Options:
     word_dropout: float = 0.0  # classify, tag
     pooling: str = "last"  # classify
     chars: bool = True  # tag: character-level word features
+    matmul_dtype: str = "float32"  # "bfloat16": mixed-precision recurrent matmuls
     tag: str = "upos"  # tag: the CoNLL-U column
     optimizer: str = "adamw"
     lr: float = 2e-3
@@ -78,10 +79,16 @@ class Options:
 DEFAULTS = {
     "lm": Options(layers=1, hidden=256, embed=64, batch_size=32, seq_len=64),
     "classify": Options(
-        hidden=128, embed=128, bidirectional=True, dropout=0.5, pooling="max", epochs=10
+        hidden=128,
+        embed=128,
+        bidirectional=True,
+        dropout=0.5,
+        word_dropout=0.2,
+        pooling="max",
+        epochs=15,
     ),
     "tag": Options(
-        hidden=128, embed=100, bidirectional=True, dropout=0.33, batch_size=32, epochs=15
+        hidden=128, embed=100, bidirectional=True, dropout=0.33, batch_size=32, epochs=30
     ),
 }
 LM_DEFAULT_BUDGET = 60.0  # seconds, when neither epochs nor a time budget is given
@@ -180,6 +187,7 @@ def prepare(
 
 _CHOICES = {
     "cell": tuple(CELLS),
+    "matmul_dtype": MATMUL_DTYPES,
     "pooling": POOLING,
     "tag": ("upos", "xpos"),
     "optimizer": OPTIMIZERS,
@@ -221,7 +229,8 @@ def check_options(task: str, options: Options) -> None:
     for name, allowed in _CHOICES.items():
         if getattr(options, name) not in allowed:
             raise ValueError(
-                f"--{name}: expected one of {', '.join(allowed)}, got {getattr(options, name)!r}"
+                f"--{name.replace('_', '-')}: expected one of {', '.join(allowed)}, "
+                f"got {getattr(options, name)!r}"
             )
 
 
@@ -237,16 +246,18 @@ def build_model(task: str, options: Options, vocabs: dict[str, Vocab]) -> Model:
     """The task's model for ``options`` and vocabulary sizes."""
     o = options
     if task == "lm":
-        return LanguageModel(len(vocabs["chars"]), o.embed, o.hidden, o.layers, o.cell, o.dropout)
+        return LanguageModel(
+            len(vocabs["chars"]), o.embed, o.hidden, o.layers, o.cell, o.dropout, o.matmul_dtype
+        )
     if task == "classify":
         return Classifier(
             len(vocabs["words"]), len(vocabs["labels"]), o.embed, o.hidden, o.layers, o.cell,
-            o.bidirectional, o.dropout, o.pooling, o.word_dropout,
+            o.bidirectional, o.dropout, o.pooling, o.word_dropout, o.matmul_dtype,
         )  # fmt: skip
     return Tagger(
         len(vocabs["words"]), len(vocabs["tags"]), len(vocabs["chars"]) if o.chars else 0,
         o.embed, o.hidden, o.layers, o.cell, o.bidirectional, o.dropout,
-        word_dropout=o.word_dropout,
+        word_dropout=o.word_dropout, matmul_dtype=o.matmul_dtype,
     )  # fmt: skip
 
 

@@ -84,6 +84,7 @@ def apply(
     dropout_key: jax.Array | None = None,
     unroll: int | bool = 1,
     remat: int | None = None,
+    matmul_dtype: Any = None,
 ) -> tuple[jax.Array, Carry]:
     """Run a stack over time-major inputs (each layer through :func:`jrnn.fused.layer`).
 
@@ -98,6 +99,7 @@ def apply(
         unroll: passed to ``jax.lax.scan``.
         remat: recompute activations in chunks of ``remat`` steps in the backward pass
             (memory about ``T / remat + remat`` steps' worth instead of ``T``).
+        matmul_dtype: round matmul operands to this dtype (see :func:`jrnn.fused.layer`).
 
     Returns:
         ``(ys, h_n)``: `ys (T, B, dirs * H_out)` from the last layer and the final state with the
@@ -113,7 +115,10 @@ def apply(
     for index, layer in enumerate(params):
         end = s + len(layer)
         carry = jax.tree.map(lambda a, s=s, end=end: a[s:end], h0)
-        xs, carry = fused.layer(cell, layer, xs, carry, lengths=lengths, unroll=unroll, remat=remat)
+        xs, carry = fused.layer(
+            cell, layer, xs, carry,
+            lengths=lengths, unroll=unroll, remat=remat, matmul_dtype=matmul_dtype,
+        )  # fmt: skip
         finals.append(carry)
         s = end
         if dropout_key is not None and dropout_rate > 0 and index < len(params) - 1:

@@ -7,7 +7,9 @@ evenly across devices):
 - language model: ``ids``, ``targets`` `(B, S)` (one contiguous stream per row, for truncated
   BPTT);
 - classifier: ``ids`` `(B, T)`, ``lengths`` `(B,)`, ``targets`` `(B,)`, ``mask`` `(B,)`;
-- tagger: ``ids``, ``targets``, ``mask`` `(B, T)`, ``lengths`` `(B,)`, ``chars`` `(B, T, W)`.
+- tagger: ``ids``, ``targets``, ``mask`` `(B, T)`, ``lengths`` `(B,)`, and the characters of
+  the batch's distinct words: ``chars`` `(U, W)` with ``char_index`` `(B, T)`, the row of
+  ``chars`` of each position. ``U`` is ``B`` times a power of two, so it takes few values.
 
 Example:
     >>> from jrnn.data import Vocab
@@ -21,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -164,24 +167,33 @@ def tag_batches(
     shuffle: bool = True,
     buckets: Sequence[int] | None = None,
 ) -> Iterator[Batch]:
-    """Padded tagging batches of exactly ``batch_size`` rows, with per-word character ids."""
+    """Padded tagging batches of exactly ``batch_size`` rows, with the words' character ids.
+
+    Each distinct word form of a batch appears once in ``chars`` (a batch of 32 sentences has
+    about seven times fewer distinct words than positions), so the character encoder runs once
+    per word form rather than once per position.
+    """
     for types, lengths, tags in batches(
         data.items, batch_size, seed=seed, shuffle=shuffle, buckets=buckets
     ):
         mask = np.arange(types.shape[1])[None, :] < lengths[:, None]
-        batch = {
-            "ids": data.word_ids[types],
-            "chars": data.char_ids[types],
-            "lengths": lengths,
-            "targets": tags,
-            "mask": mask.astype(np.float32),
-        }
-        yield _fill(batch, batch_size)
+        batch = {"types": types, "lengths": lengths, "targets": tags, "mask": mask}
+        batch = _fill(batch, batch_size)
+        types = batch.pop("types")
+        forms, index = np.unique(types, return_inverse=True)
+        rows = batch_size * 2 ** max(0, math.ceil(math.log2(forms.shape[0] / batch_size)))
+        chars = np.zeros((rows, data.char_ids.shape[1]), np.int32)
+        chars[: forms.shape[0]] = data.char_ids[forms]
+        batch["ids"] = data.word_ids[types]
+        batch["chars"] = chars
+        batch["char_index"] = index.reshape(types.shape).astype(np.int32)
+        batch["mask"] = batch["mask"].astype(np.float32)
+        yield batch
 
 
 def _fill(batch: Batch, batch_size: int) -> Batch:
     """Append dummy rows (length 1, mask 0) up to ``batch_size`` rows."""
-    missing = batch_size - batch["ids"].shape[0]
+    missing = batch_size - batch["lengths"].shape[0]
     if missing == 0:
         return batch
     filled = {}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from jrnn import runs
 from jrnn.cli import app
 
 RUNNER = CliRunner()
@@ -174,6 +175,8 @@ def test_train_tag_and_eval(files, tmp_path):
         "--cell",
         "rnn",
         "--no-chars",
+        "--matmul-dtype",
+        "bfloat16",  # mixed precision learns the toy set too
         "--batch-size",
         "2",
         "--epochs",
@@ -189,6 +192,7 @@ def test_train_tag_and_eval(files, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["valid_accuracy"] == 1.0
     assert_ok(invoke("eval", "--ckpt", tmp_path, "--data", conllu))
+    assert runs.load(tmp_path)[0].matmul_dtype == "bfloat16"
 
 
 @pytest.mark.parametrize(
@@ -201,6 +205,7 @@ def test_train_tag_and_eval(files, tmp_path):
         (["--epochs", "0"], ["--epochs", "positive"]),
         (["--dropout", "1.5"], ["--dropout"]),
         (["--cell", "lstmm"], ["--cell: expected one of rnn, lstm, gru"]),
+        (["--matmul-dtype", "float16"], ["--matmul-dtype: expected one of float32, bfloat16"]),
         (["--bidirectional"], ["cannot be bidirectional"]),
         (["--word-dropout", "0.1"], ["--word-dropout", "not for lm"]),
     ],
@@ -255,7 +260,7 @@ def test_non_numbers_are_usage_errors():
 
 
 def test_tagger_reads_characters_by_default():
-    from jrnn import runs, tasks
+    from jrnn import tasks
 
     vocabs = tasks.tag_vocabs([(["A", "café"], ["DET", "NOUN"])])
     model = runs.build_model("tag", runs.DEFAULTS["tag"], vocabs)

@@ -294,3 +294,56 @@ def test_forward_mode_autodiff():
 
     _, forward = jax.jit(lambda x, v: jax.jvp(f, (x,), (v,)))(x, v)
     np.testing.assert_allclose(forward, jnp.vdot(jax.grad(f)(x), v), rtol=1e-4)
+
+
+def _bf16(a):
+    """Round to bfloat16 and back: the operands the mixed-precision matmuls read."""
+    return np.asarray(jnp.asarray(a, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_bfloat16_matmuls_equal_a_loop_over_rounded_operands(bidirectional):
+    # oracle: a NumPy loop whose matmuls read bf16-rounded operands and sum in float32; the
+    # gates and states stay float32, so only the matmul inputs may differ from exact float32
+    spec = jrnn.LSTM(3, 8, bidirectional=bidirectional)
+    params = spec.init(jax.random.key(0))
+    x = np.asarray(jax.random.normal(jax.random.key(1), (2, 6, 3)))
+    out, (h_n, c_n) = spec.apply(params, x, matmul_dtype=jnp.bfloat16)
+
+    def sigmoid(z):
+        return 1 / (1 + np.exp(-z))
+
+    outputs = []
+    for d, p in enumerate(params[0]):
+        p = {k: np.asarray(v) for k, v in p.items()}
+        h, c, ys = np.zeros((2, 8), np.float32), np.zeros((2, 8), np.float32), []
+        for t in range(6)[:: -1 if d else 1]:
+            z = _bf16(x[:, t]) @ _bf16(p["weight_ih"]).T + p["bias_ih"]
+            z = z + (_bf16(h) @ _bf16(p["weight_hh"]).T + p["bias_hh"])
+            i, f, g, o = np.split(z, 4, axis=-1)
+            c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+            h = sigmoid(o) * np.tanh(c)
+            ys.append(h)
+        outputs.append(np.stack(ys[:: -1 if d else 1], axis=1))
+        np.testing.assert_allclose(h_n[d], h, atol=2e-6)
+        np.testing.assert_allclose(c_n[d], c, atol=2e-6)
+    np.testing.assert_allclose(out, np.concatenate(outputs, axis=-1), atol=2e-6)
+    exact = spec.apply(params, x)[0]
+    assert 1e-4 < float(jnp.abs(out - exact).max()) < 3e-2  # rounded, yet close
+
+
+def test_bfloat16_matmul_gradients_are_close_to_float32():
+    spec = jrnn.GRU(4, 16, num_layers=2, bidirectional=True)
+    params = spec.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (3, 7, 4))
+
+    def loss(params, x, dtype):
+        return jnp.mean(spec.apply(params, x, matmul_dtype=dtype)[0] ** 2)
+
+    exact = jax.grad(loss, argnums=(0, 1))(params, x, None)
+    mixed = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(params, x, jnp.bfloat16)
+    for a, b in zip(jax.tree.leaves(exact), jax.tree.leaves(mixed), strict=True):
+        assert b.dtype == jnp.float32
+        assert float(jnp.abs(a - b).max()) <= 2e-2 * float(jnp.abs(a).max())
+    with pytest.raises(TypeError, match="matmul_dtype: expected a floating-point dtype"):
+        spec.apply(params, x, matmul_dtype=jnp.int8)

@@ -102,6 +102,35 @@ def test_tagger_with_characters_learns_unseen_words():
     assert result["count"] == 4 * len(test_sents) and result["accuracy"] >= 0.9, result
 
 
+def test_tagger_reads_each_distinct_word_once():
+    # a batch holds each word form's characters once; the logits equal those of a tagger whose
+    # character encoder reads every position (a Python loop over positions as the oracle)
+    sents = [(["The", "cat", "sat", "on", "the", "mat"], ["X"] * 6), (["the", "cat"], ["X"] * 2)]
+    vocabs = tasks.tag_vocabs(sents, min_count=1)
+    data = tasks.tag_data(sents, vocabs, max_word_len=5)
+    batch = next(tasks.tag_batches(data, 3, seed=0, shuffle=False))
+    distinct = {"The", "cat", "sat", "on", "the", "mat", ""}  # "" is padding
+    assert batch["chars"].shape == (3 * 4, 5) and batch["char_index"].shape == (3, 6)
+    assert int((batch["chars"].sum(axis=1) > 0).sum()) == len(distinct) - 1
+    for b, (words, _) in enumerate([*sents, ([], [])]):
+        for t in range(6):
+            word = words[t] if t < len(words) else ""
+            row = batch["chars"][batch["char_index"][b, t]]
+            assert vocabs["chars"].decode(row[row > 0]) == list(word)
+    model = Tagger(len(vocabs["words"]), len(vocabs["tags"]), len(vocabs["chars"]), hidden=4,
+                   embed=3, char_embed=2, char_hidden=3)  # fmt: skip
+    params = model.init(jax.random.key(0))
+    logits = model.forward(params, batch)[0]
+    per_position = jnp.stack([
+        jnp.stack([model._char_features(params, batch["chars"][batch["char_index"][b, t]][None])[0]
+                   for t in range(6)]) for b in range(3)
+    ])  # fmt: skip
+    x = jnp.concatenate([params["embedding"]["weight"][batch["ids"]], per_position], axis=-1)
+    ys, _ = model.rnn.apply(params["rnn"], x, lengths=batch["lengths"])
+    expected = ys @ params["head"]["weight"].T + params["head"]["bias"][None, None]
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+
+
 TEXT = "the cat sat on the mat. " * 40
 VOCAB = Vocab.build(TEXT)
 
