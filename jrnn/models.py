@@ -264,8 +264,8 @@ class Tagger(_Model):
     cell: str = "lstm"
     bidirectional: bool = True
     dropout: float = 0.33
-    char_embed: int = 32
-    char_hidden: int = 64
+    char_embed: int = 64
+    char_hidden: int = 128
     word_dropout: float = 0.0
     matmul_dtype: str = "float32"
     task: ClassVar[str] = "tag"

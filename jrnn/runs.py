@@ -88,7 +88,7 @@ DEFAULTS = {
         epochs=15,
     ),
     "tag": Options(
-        hidden=128, embed=100, bidirectional=True, dropout=0.33, batch_size=32, epochs=30
+        hidden=128, embed=100, bidirectional=True, dropout=0.33, batch_size=32, epochs=25
     ),
 }
 LM_DEFAULT_BUDGET = 60.0  # seconds, when neither epochs nor a time budget is given
