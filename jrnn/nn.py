@@ -37,6 +37,17 @@ def _positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
 
 
+def _check_matmul_dtype(matmul_dtype: Any) -> None:
+    try:
+        floating = jnp.issubdtype(matmul_dtype, jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise TypeError(
+            f"matmul_dtype: expected a floating-point dtype or None, got {matmul_dtype!r}"
+        )
+
+
 def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
@@ -136,10 +147,8 @@ class _Stack:
         self._check_params(params)
         if remat is not None:
             _positive_int("remat", remat)
-        if matmul_dtype is not None and not jnp.issubdtype(matmul_dtype, jnp.floating):
-            raise TypeError(
-                f"matmul_dtype: expected a floating-point dtype or None, got {matmul_dtype!r}"
-            )
+        if matmul_dtype is not None:
+            _check_matmul_dtype(matmul_dtype)
         x = self._check_x(x)
         batched = x.ndim == 3
         xs = jnp.swapaxes(x, 0, 1) if batched and self.batch_first else x

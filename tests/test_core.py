@@ -345,5 +345,6 @@ def test_bfloat16_matmul_gradients_are_close_to_float32():
     for a, b in zip(jax.tree.leaves(exact), jax.tree.leaves(mixed), strict=True):
         assert b.dtype == jnp.float32
         assert float(jnp.abs(a - b).max()) <= 2e-2 * float(jnp.abs(a).max())
-    with pytest.raises(TypeError, match="matmul_dtype: expected a floating-point dtype"):
-        spec.apply(params, x, matmul_dtype=jnp.int8)
+    for bad in (jnp.int8, "bf16x"):
+        with pytest.raises(TypeError, match="matmul_dtype: expected a floating-point dtype"):
+            spec.apply(params, x, matmul_dtype=bad)
