@@ -84,6 +84,15 @@ def remat_option(spec: jrnn.nn.Spec, steps: int) -> dict[str, Any] | None:
     return None
 
 
+def compiled_recurrence(device: str) -> bool:
+    """Whether jrnn's default path on ``device`` is its compiled recurrence (``jrnn.kernel``).
+
+    When it is, the benchmark also times the pure-JAX scan, ``apply(..., kernel=False)``, as
+    ``jrnn-scan``.
+    """
+    return device == "cpu" and jrnn.kernel.available()
+
+
 def jrnn_model(
     spec: jrnn.nn.Spec, params: Any, x: jax.Array, options: dict[str, Any] | None = None
 ) -> Model:

@@ -19,7 +19,7 @@ class Row:
     """The medians of one framework on one configuration."""
 
     config: str
-    framework: str  # "jrnn", "jrnn-remat", "torch" or "flax"
+    framework: str  # "jrnn", "jrnn-scan", "jrnn-remat", "torch" or "flax"
     forward_runs_ms: tuple[float, ...]  # one time per repetition
     train_runs_ms: tuple[float, ...]
     forward_gflop: float  # matmul GFLOP of one forward pass (a train step counts three)

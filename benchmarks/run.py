@@ -129,6 +129,10 @@ def build_models(
                 f"`{config.name}`: jrnn-remat not run, `{type(spec).__name__}.apply` has none of "
                 f"the options {', '.join(models.REMAT_OPTIONS)}"
             )
+        if models.compiled_recurrence(torch_device):
+            builders["jrnn-scan"] = lambda: models.jrnn_model(
+                spec, params, jnp.asarray(x), {"kernel": False}
+            )
     if "torch" in frameworks:
         builders["torch"] = lambda: peers.torch_model(module, x)
     if "flax" in frameworks:

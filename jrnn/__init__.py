@@ -1,6 +1,6 @@
 """jrnn: recurrent neural networks in JAX, as pure functions with PyTorch's numerics."""
 
-from jrnn import cells, diagnostics, sequence, stack
+from jrnn import cells, diagnostics, kernel, sequence, stack
 from jrnn.interop import from_torch, to_torch
 from jrnn.nn import GRU, LSTM, RNN
 from jrnn.sequence import scan
@@ -14,6 +14,7 @@ __all__ = [
     "cells",
     "diagnostics",
     "from_torch",
+    "kernel",
     "scan",
     "sequence",
     "stack",

@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jrnn import kernel as compiled
 from jrnn.cells import Cell, Params, affine, einsum
 from jrnn.sequence import reverse_valid, valid_mask
 
@@ -94,8 +95,11 @@ def _project(p: Params, xs: tuple[jax.Array, ...], matmul_dtype: Any) -> jax.Arr
     return gx[0] if len(gx) == 1 else jnp.concatenate(gx, axis=1)
 
 
-def _forward(cell: Cell, unroll, matmul_dtype, p: Params, xs, h0, c0, mask):
-    """Project the inputs of every direction, then scan over time from the carry ``(h0, c0)``."""
+def _forward(cell: Cell, unroll, matmul_dtype, use_kernel, p: Params, xs, h0, c0, mask):
+    """Project the inputs of every direction, then loop over time from the carry ``(h0, c0)``."""
+    gx = _project(p, xs, matmul_dtype)
+    if use_kernel:
+        return compiled.recurrence(cell.name, gx, p["weight_hh"], p.get("bias_hh"), h0, c0, mask)
     rec = {name: p[name] for name in ("weight_hh", "bias_hh") if name in p}
     w_hr = p.get("weight_hr")
 
@@ -105,11 +109,11 @@ def _forward(cell: Cell, unroll, matmul_dtype, p: Params, xs, h0, c0, mask):
         gh_t = _recurrent(rec, h, matmul_dtype)
         return _step(cell, w_hr, matmul_dtype, gx_t, gh_t, h, c, keep)
 
-    (h, c), ys = _scan_ahead(body, (h0, c0), (_project(p, xs, matmul_dtype), mask), unroll=unroll)
+    (h, c), ys = _scan_ahead(body, (h0, c0), (gx, mask), unroll=unroll)
     return ys, h, c
 
 
-def _chunked(cell: Cell, unroll, matmul_dtype, remat: int, p: Params, xs, h0, c0, mask):
+def _chunked(cell: Cell, unroll, matmul_dtype, use_kernel, remat: int, p: Params, xs, h0, c0, mask):
     """:func:`_forward` in chunks of ``remat`` steps under ``jax.checkpoint``.
 
     Only the carries between chunks are saved; the backward pass recomputes each chunk, input
@@ -130,11 +134,20 @@ def _chunked(cell: Cell, unroll, matmul_dtype, remat: int, p: Params, xs, h0, c0
     @jax.checkpoint
     def body(carry, chunk):
         xs_chunk, mask_chunk = chunk
-        ys, h, c = _forward(cell, unroll, matmul_dtype, p, xs_chunk, *carry, mask_chunk)
+        ys, h, c = _forward(cell, unroll, matmul_dtype, use_kernel, p, xs_chunk, *carry, mask_chunk)
         return (h, c), ys
 
     (h, c), ys = jax.lax.scan(body, (h0, c0), (tuple(map(split, xs)), split(mask)))
     return ys.reshape(chunks * remat, *ys.shape[2:])[:steps], h, c
+
+
+def _use_kernel(kernel: bool | None, cell: Cell, params, xs, matmul_dtype) -> bool:
+    if kernel is False:
+        return False
+    reason = compiled.unsupported(cell.name, params, xs, matmul_dtype)
+    if kernel and reason:
+        raise ValueError(f"kernel: True, but the compiled recurrence cannot run here: {reason}")
+    return reason is None
 
 
 def layer(
@@ -147,6 +160,7 @@ def layer(
     unroll: int | bool = 1,
     remat: int | None = None,
     matmul_dtype: Any = None,
+    kernel: bool | None = None,
 ) -> tuple[jax.Array, Any]:
     """One layer with ``k = len(params)`` directions (forward, then reverse).
 
@@ -160,21 +174,25 @@ def layer(
         remat: recompute activations in chunks of this many steps during the backward pass.
         matmul_dtype: round the matmul operands to this dtype (e.g. ``jnp.bfloat16``), with
             products accumulated in ``xs``'s dtype; None keeps every matmul in ``xs``'s dtype.
+        kernel: run the loop over time in the compiled recurrence (:mod:`jrnn.kernel`): None
+            (default) when it supports the layer, True to insist (an error says why it
+            cannot), False for the pure-JAX scan.
 
     Returns:
         ``(ys, carry)``: `ys (T, B, k*H_out)` and the final carry, leaves `(k, B, ...)`.
     """
     steps, batch = xs.shape[0], xs.shape[1]
     k = len(params)
+    use_kernel = _use_kernel(kernel, cell, params, xs, matmul_dtype)
     p = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params)
     inputs = (xs,) if k == 1 else (xs, _reverse(xs, lengths))
     mask = None if lengths is None else jnp.tile(valid_mask(lengths, steps), (1, k))
     rows = jax.tree.map(lambda a: a.reshape(k * batch, *a.shape[2:]), h0)
     h0, c0 = rows if cell.has_cell_state else (rows, None)
     if remat:
-        ys, h, c = _chunked(cell, unroll, matmul_dtype, remat, p, inputs, h0, c0, mask)
+        ys, h, c = _chunked(cell, unroll, matmul_dtype, use_kernel, remat, p, inputs, h0, c0, mask)
     else:
-        ys, h, c = _forward(cell, unroll, matmul_dtype, p, inputs, h0, c0, mask)
+        ys, h, c = _forward(cell, unroll, matmul_dtype, use_kernel, p, inputs, h0, c0, mask)
     if k == 2:
         ys = ys.reshape(steps, 2, batch, -1)
         ys = jnp.concatenate([ys[:, 0], _reverse(ys[:, 1], lengths)], axis=-1)

@@ -122,6 +122,7 @@ class _Stack:
         unroll: int | bool = 1,
         remat: int | None = None,
         matmul_dtype: Any = None,
+        kernel: bool | None = None,
     ) -> tuple[jax.Array, Carry]:
         """Run the stack.
 
@@ -140,6 +141,11 @@ class _Stack:
             matmul_dtype: mixed precision: round the operands of every matmul to this dtype
                 (``jnp.bfloat16`` uses the bf16 matrix units of recent CPUs and GPUs) while
                 products, gates and states stay in ``x``'s dtype. None (default): exact.
+            kernel: the loop over time in compiled C++ (:mod:`jrnn.kernel`; CPU, float32, no
+                projection): None (default) uses it wherever it applies, True insists (an error
+                says why it cannot), False runs the pure-JAX scan. Same numbers up to float
+                rounding; the compiled path has reverse-mode derivatives only, so
+                ``jax.jvp`` / ``jax.jacfwd`` need ``kernel=False``.
 
         Returns:
             ``(output, h_n)``; ``output`` is `(B, T, dirs*H_out)` in the layout of ``x``.
@@ -168,6 +174,7 @@ class _Stack:
             unroll=unroll,
             remat=remat,
             matmul_dtype=matmul_dtype,
+            kernel=kernel,
         )
         return (jnp.swapaxes(ys, 0, 1) if batched and self.batch_first else ys), h_n
 

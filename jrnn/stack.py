@@ -85,6 +85,7 @@ def apply(
     unroll: int | bool = 1,
     remat: int | None = None,
     matmul_dtype: Any = None,
+    kernel: bool | None = None,
 ) -> tuple[jax.Array, Carry]:
     """Run a stack over time-major inputs (each layer through :func:`jrnn.fused.layer`).
 
@@ -100,6 +101,8 @@ def apply(
         remat: recompute activations in chunks of ``remat`` steps in the backward pass
             (memory about ``T / remat + remat`` steps' worth instead of ``T``).
         matmul_dtype: round matmul operands to this dtype (see :func:`jrnn.fused.layer`).
+        kernel: the compiled recurrence: None when supported, True, False (see
+            :func:`jrnn.fused.layer`).
 
     Returns:
         ``(ys, h_n)``: `ys (T, B, dirs * H_out)` from the last layer and the final state with the
@@ -117,7 +120,7 @@ def apply(
         carry = jax.tree.map(lambda a, s=s, end=end: a[s:end], h0)
         xs, carry = fused.layer(
             cell, layer, xs, carry,
-            lengths=lengths, unroll=unroll, remat=remat, matmul_dtype=matmul_dtype,
+            lengths=lengths, unroll=unroll, remat=remat, matmul_dtype=matmul_dtype, kernel=kernel,
         )  # fmt: skip
         finals.append(carry)
         s = end

@@ -229,8 +229,9 @@ def reference_stack(cell, params, xs, lengths):
     return xs, jax.tree.map(lambda *a: jnp.stack(a), *finals)
 
 
+@pytest.mark.parametrize("kernel", [None, False], ids=["compiled", "scan"])
 @pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.name)
-def test_fast_path_equals_plain_path_with_gradients(cell):
+def test_fast_path_equals_plain_path_with_gradients(cell, kernel):
     params = stack.init(
         jax.random.key(0), cell, 3, 4, directions=(2, 1), proj_size=2 if cell.has_cell_state else 0
     )
@@ -242,7 +243,7 @@ def test_fast_path_equals_plain_path_with_gradients(cell):
         return jnp.sum(ys * jnp.sin(ys)) + sum(jnp.sum(a**2) for a in jax.tree.leaves(h_n))
 
     def fast(params, xs):
-        return stack.apply(cell, params, xs, lengths=lengths)
+        return stack.apply(cell, params, xs, lengths=lengths, kernel=kernel)
 
     def plain(params, xs):
         return reference_stack(cell, params, xs, lengths)
@@ -283,14 +284,14 @@ def test_remat_bounds_saved_activations():
 
 
 def test_forward_mode_autodiff():
-    """jax.jvp through the stack agrees with reverse mode (so jacfwd and hessian work too)."""
+    """jax.jvp through the scan path agrees with reverse mode (so jacfwd and hessian work too)."""
     spec = jrnn.GRU(3, 4, bidirectional=True)
     params = spec.init(jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (2, 5, 3))
     v = jax.random.normal(jax.random.key(2), x.shape)
 
     def f(x):
-        return jnp.sum(spec.apply(params, x)[0] ** 2)
+        return jnp.sum(spec.apply(params, x, kernel=False)[0] ** 2)
 
     _, forward = jax.jit(lambda x, v: jax.jvp(f, (x,), (v,)))(x, v)
     np.testing.assert_allclose(forward, jnp.vdot(jax.grad(f)(x), v), rtol=1e-4)

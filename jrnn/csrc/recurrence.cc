@@ -1,0 +1,798 @@
+// The recurrent loop of one RNN / LSTM / GRU layer as two XLA FFI calls (CPU, float32).
+//
+// `jrnn.kernel` is the Python side: it projects the inputs with XLA (one large matmul), calls
+// `jrnn_recurrence_fwd` for the loop over time, and in the backward pass calls
+// `jrnn_recurrence_bwd` for the loop back, then forms the weight gradients with XLA (one large
+// matmul each). The math is `jrnn.cells`'s, in PyTorch's layout; `jrnn.fused` is the pure-JAX
+// reference these calls are tested against.
+//
+// Shapes (float32 unless noted): T steps, R = k * B rows (k directions, direction-major), H
+// hidden units, G gates (1 RNN, 4 LSTM i f g o, 3 GRU r z n).
+//   forward  in:  gx (T, R, G*H)   input half x @ weight_ih.T + bias_ih, per step
+//                 w (k, G*H, H)    weight_hh per direction
+//                 b (k, G*H)       bias_hh per direction (zeros without bias)
+//                 h0, c0 (R, H)    initial carry (c0 unused but for LSTM)
+//                 mask (T, R) u8   1 where a row's step is valid; else the carry is kept
+//           out:  hs (T, R, H)     the carry h after every step
+//                 cs (T, R, H)     LSTM: the carry c after every step; else shape (1,)
+//                 act (T, R, 4*H)  LSTM: gates i f g o after their activations;
+//                                  GRU: r, z, n and the recurrent half of n; RNN: shape (1,)
+//   backward in:  w, h0, c0, mask, hs, cs, act as above; dhs (T, R, H) and dcs (like cs): the
+//                 cotangents of hs and cs
+//           out:  dgx (T, R, G*H)  cotangent of gx
+//                 dh0, dc0 (R, H)  cotangents of h0 and c0 (dc0 zero but for LSTM)
+//
+// Work split: a work item is (direction, panel of 32 hidden units). Its thread computes the
+// item's gate columns of the recurrent matmul (a register-tiled kernel over weights packed
+// once per call) and the elementwise gate math of those units, so each step needs a single
+// barrier: all of h (forward) or of the gate cotangents (backward) must be written before any
+// thread starts the next step's matmul.
+
+#include <sched.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using vf = float __attribute__((vector_size(64)));
+using vi = int32_t __attribute__((vector_size(64)));
+
+constexpr int kLanes = 16;
+constexpr int kPanel = 32;  // hidden units per work item: two vectors
+constexpr int kTileRows = 8;
+constexpr int kUnitRows = 16;  // rows per unit of work: two register tiles share its weights
+
+enum Cell : int32_t { kRnnTanh = 0, kRnnRelu = 1, kLstm = 2, kGru = 3 };
+
+int Gates(int32_t cell) { return cell == kLstm ? 4 : cell == kGru ? 3 : 1; }
+
+// ---------------------------------------------------------------------------------------------
+// Vector math on 16 floats.
+
+inline vf Load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void Store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+
+inline vf Splat(float a) { return vf{a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
+
+inline vf Min(vf a, vf b) { return a < b ? a : b; }
+
+inline vf Max(vf a, vf b) { return a > b ? a : b; }
+
+// exp(x): x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-7 polynomial, 2^n by the
+// exponent bits. Relative error about 1e-7 over the clamped range (exp(-87.3) is the smallest
+// normal float; above 88.3 the result would overflow).
+inline vf Exp(vf x) {
+  x = Max(Min(x, Splat(88.3f)), Splat(-87.3f));
+  const vf magic = Splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  vf n = (x * Splat(1.44269504088896341f) + magic) - magic;
+  vf r = x - n * Splat(0.693359375f);
+  r = r - n * Splat(-2.12194440e-4f);
+  vf p = Splat(1.9875691500e-4f);
+  p = p * r + Splat(1.3981999507e-3f);
+  p = p * r + Splat(8.3334519073e-3f);
+  p = p * r + Splat(4.1665795894e-2f);
+  p = p * r + Splat(1.6666665459e-1f);
+  p = p * r + Splat(5.0000001201e-1f);
+  p = p * r * r + r + Splat(1.0f);
+  vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+  return p * __builtin_bit_cast(vf, e);
+}
+
+// 1 / x: AVX-512's 14-bit estimate and one Newton step (relative error about 1e-8, a third of
+// a division's time); elsewhere a division.
+inline vf Reciprocal(vf x) {
+#ifdef __AVX512F__
+  const vf r = reinterpret_cast<vf>(_mm512_rcp14_ps(reinterpret_cast<__m512>(x)));
+  return r * (Splat(2.0f) - x * r);
+#else
+  return Splat(1.0f) / x;
+#endif
+}
+
+inline vf Sigmoid(vf x) { return Reciprocal(Splat(1.0f) + Exp(-x)); }
+
+// tanh(x): an odd polynomial below |x| = 0.625 (fitted to tanh(x) / x in x^2, relative error
+// under 1e-7), else sign(x) * (1 - 2 / (exp(2|x|) + 1)), which has no cancellation there.
+inline vf Tanh(vf x) {
+  vf ax = Max(x, -x);
+  vf x2 = x * x;
+  vf p = Splat(5.7188915e-3f);
+  p = p * x2 + Splat(-2.0653063e-2f);
+  p = p * x2 + Splat(5.3744640e-2f);
+  p = p * x2 + Splat(-1.3331513e-1f);
+  p = p * x2 + Splat(3.3333287e-1f);
+  vf small = x - x * x2 * p;
+  vf big = Splat(1.0f) - Splat(2.0f) * Reciprocal(Exp(ax + ax) + Splat(1.0f));
+  big = x < Splat(0.0f) ? -big : big;
+  return ax < Splat(0.625f) ? small : big;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matmul: out (m, 32) = a (m, K) @ b (K, 32), b packed contiguous, a row-major with leading
+// dimension lda. Register tiles of up to 8 rows x 32 columns; K in blocks whose part of b
+// (32 KiB) stays in L1 while every row tile reads it.
+
+template <int M, bool kAccumulate>
+void TileKernel(const float* __restrict a, int64_t lda, const float* __restrict b, int64_t k,
+                float* __restrict out) {
+  vf acc[M][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < M; ++r) {
+    acc[r][0] = kAccumulate ? Load(out + r * kPanel) : vf{};
+    acc[r][1] = kAccumulate ? Load(out + r * kPanel + kLanes) : vf{};
+  }
+#pragma GCC unroll 2
+  for (int64_t kk = 0; kk < k; ++kk) {
+    vf b0 = Load(b + kk * kPanel), b1 = Load(b + kk * kPanel + kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < M; ++r) {
+      vf x = Splat(a[r * lda + kk]);
+      acc[r][0] += x * b0;
+      acc[r][1] += x * b1;
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < M; ++r) {
+    Store(out + r * kPanel, acc[r][0]);
+    Store(out + r * kPanel + kLanes, acc[r][1]);
+  }
+}
+
+template <bool kAccumulate>
+void Tile(int m, const float* a, int64_t lda, const float* b, int64_t k, float* out) {
+  switch (m) {
+    case 1: return TileKernel<1, kAccumulate>(a, lda, b, k, out);
+    case 2: return TileKernel<2, kAccumulate>(a, lda, b, k, out);
+    case 3: return TileKernel<3, kAccumulate>(a, lda, b, k, out);
+    case 4: return TileKernel<4, kAccumulate>(a, lda, b, k, out);
+    case 5: return TileKernel<5, kAccumulate>(a, lda, b, k, out);
+    case 6: return TileKernel<6, kAccumulate>(a, lda, b, k, out);
+    case 7: return TileKernel<7, kAccumulate>(a, lda, b, k, out);
+    default: return TileKernel<8, kAccumulate>(a, lda, b, k, out);
+  }
+}
+
+void Matmul(int64_t m, const float* a, int64_t lda, const float* b, int64_t k, float* out) {
+  constexpr int64_t kBlock = 256;
+  for (int64_t k0 = 0; k0 < k; k0 += kBlock) {
+    const int64_t kb = std::min(kBlock, k - k0);
+    for (int64_t r0 = 0; r0 < m; r0 += kTileRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - r0));
+      const float *ar = a + r0 * lda + k0, *bk = b + k0 * kPanel;
+      if (k0 == 0) {
+        Tile<false>(rows, ar, lda, bk, kb, out + r0 * kPanel);
+      } else {
+        Tile<true>(rows, ar, lda, bk, kb, out + r0 * kPanel);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threads.
+
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+using Floats = std::unique_ptr<float[], AlignedFree>;
+
+Floats Allocate(size_t n) {
+  size_t bytes = std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64);
+  return Floats(static_cast<float*>(std::aligned_alloc(64, bytes)));
+}
+
+// A spinning barrier: steps are tens of microseconds, too short to sleep between.
+class Barrier {
+ public:
+  explicit Barrier(int n) : n_(n) {}
+  void Wait() {
+    if (n_ == 1) return;
+    int generation = generation_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+      if (spins < 1 << 14) {
+        __builtin_ia32_pause();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  const int n_;
+  std::atomic<int> count_{0};
+  std::atomic<int> generation_{0};
+};
+
+int AvailableCores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// The threads of one call: `threads` workers (the calling thread is worker 0) that all run
+// body(worker) and meet at Sync() after each step. A step's work is a list of units; ForEach
+// hands each unit to exactly one worker. A worker takes its own share first, so that a unit's
+// weights stay in one core's cache from step to step, then helps the others: the cores of a
+// virtual machine seldom run at the same speed (here one ran 30% slower than the other).
+class Team {
+ public:
+  Team(int64_t units, int64_t cores)
+      : threads_(static_cast<int>(std::max<int64_t>(1, std::min(cores, units)))),
+        units_(units),
+        barrier_(threads_),
+        cursors_(new Cursor[2 * threads_]) {
+    for (int i = 0; i < 2 * threads_; ++i) cursors_[i].next.store(Begin(i % threads_));
+  }
+
+  int threads() const { return threads_; }
+
+  template <typename Body>
+  void Run(Body body) {
+    std::vector<std::thread> pool;
+    for (int i = 1; i < threads_; ++i) pool.emplace_back(body, i);
+    body(0);
+    for (auto& t : pool) t.join();
+  }
+
+  void Sync() { barrier_.Wait(); }
+
+  // Calls fn(unit) for this worker's units of step `step` (numbered 0, 1, 2, ... by the caller).
+  template <typename Fn>
+  void ForEach(int me, int64_t step, Fn fn) {
+    Cursor* now = cursors_.get() + (step & 1) * threads_;
+    if (me == 0) {  // the other parity's step ended before the last Sync: ready it for the next
+      Cursor* next = cursors_.get() + ((step + 1) & 1) * threads_;
+      for (int i = 0; i < threads_; ++i) next[i].next.store(Begin(i), std::memory_order_relaxed);
+    }
+    for (int k = 0; k < threads_; ++k) {
+      const int j = (me + k) % threads_;
+      for (int64_t u; (u = now[j].next.fetch_add(1, std::memory_order_relaxed)) < Begin(j + 1);) {
+        fn(u);
+      }
+    }
+  }
+
+ private:
+  struct alignas(64) Cursor {
+    std::atomic<int64_t> next{0};
+  };
+  int64_t Begin(int i) const { return units_ * i / threads_; }
+
+  const int threads_;
+  const int64_t units_;
+  Barrier barrier_;
+  std::unique_ptr<Cursor[]> cursors_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Shapes shared by both directions of the computation.
+
+struct Dims {
+  int32_t cell;
+  int64_t steps, rows, dirs, batch, hidden, gates;
+  int64_t panels() const { return (hidden + kPanel - 1) / kPanel; }
+  int64_t gh() const { return gates * hidden; }
+};
+
+// A work item: one direction's panel of hidden units [u0, u0 + nu), whose weights are packed
+// together; its rows are the direction's [row0, row0 + batch).
+struct Item {
+  int64_t index, dir, u0, nu, row0;
+};
+
+Item ItemAt(const Dims& d, int64_t i) {
+  int64_t dir = i / d.panels(), u0 = (i % d.panels()) * kPanel;
+  return {i, dir, u0, std::min<int64_t>(kPanel, d.hidden - u0), dir * d.batch};
+}
+
+// A unit of one step's work: an item's rows [r0, r0 + m), m <= kUnitRows.
+struct Unit {
+  Item it;
+  int64_t r0;
+  int m;
+};
+
+int64_t Blocks(const Dims& d) { return (d.batch + kUnitRows - 1) / kUnitRows; }
+
+int64_t Units(const Dims& d) { return d.dirs * d.panels() * Blocks(d); }
+
+Unit UnitAt(const Dims& d, int64_t u) {
+  const Item it = ItemAt(d, u / Blocks(d));
+  const int64_t first = (u % Blocks(d)) * kUnitRows;
+  return {it, it.row0 + first, static_cast<int>(std::min<int64_t>(kUnitRows, d.batch - first))};
+}
+
+inline void Put(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
+
+std::string Shape(ffi::Span<const int64_t> dims) {
+  std::string s = "(";
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + (dims.size() == 1 ? ",)" : ")");
+}
+
+ffi::Error Expect(const char* name, ffi::Span<const int64_t> dims,
+                  ffi::Span<const int64_t> want) {
+  if (std::equal(dims.begin(), dims.end(), want.begin(), want.end())) return ffi::Error::Success();
+  return ffi::Error::InvalidArgument(std::string("jrnn recurrence: ") + name +
+                                     ": expected shape " + Shape(want) + ", got " + Shape(dims));
+}
+
+ffi::Error Expect(const char* name, ffi::Span<const int64_t> dims,
+                  std::initializer_list<int64_t> want) {
+  return Expect(name, dims, ffi::Span<const int64_t>(want.begin(), want.size()));
+}
+
+#define JRNN_CHECK(expr)             \
+  do {                               \
+    ffi::Error error = (expr);       \
+    if (error.failure()) return error; \
+  } while (0)
+
+// Copies n <= 32 floats into a row of 32, zero-padded.
+inline void Gather(float* dst, const float* src, int64_t n) {
+  if (n < kPanel) std::memset(dst + n, 0, (kPanel - n) * sizeof(float));
+  std::memcpy(dst, src, n * sizeof(float));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward.
+
+// Packs weight_hh for the forward matmul: panel (item, gate) holds, for every input unit kk,
+// the 32 weights w[dir][gate*H + u0 + c][kk] (zero past H).
+void PackForward(const Dims& d, const float* w, const Item& it, float* out) {
+  const int64_t h = d.hidden;
+  for (int64_t g = 0; g < d.gates; ++g) {
+    float* panel = out + g * h * kPanel;
+    const float* rows = w + (it.dir * d.gh() + g * h + it.u0) * h;
+    for (int64_t kk = 0; kk < h; ++kk) {
+      for (int64_t c = 0; c < kPanel; ++c) {
+        panel[kk * kPanel + c] = c < it.nu ? rows[c * h + kk] : 0.0f;
+      }
+    }
+  }
+}
+
+// Hands out a work item's rows of 32 floats: in a full panel the arrays themselves, in a
+// partial one (H not a multiple of 32) zero-padded copies, written back by Flush.
+class Lanes {
+ public:
+  explicit Lanes(int64_t n) : n_(n) {}
+  const float* In(const float* src) {
+    if (n_ == kPanel) return src;
+    Gather(pad_[used_], src, n_);
+    return pad_[used_++];
+  }
+  float* Out(float* dst) {
+    if (n_ == kPanel) return dst;
+    outputs_[outs_] = {pad_[used_], dst};
+    ++outs_;
+    return pad_[used_++];
+  }
+  void Flush() const {
+    for (int i = 0; i < outs_; ++i) Put(outputs_[i].second, outputs_[i].first, n_);
+  }
+
+ private:
+  int64_t n_;
+  int used_ = 0, outs_ = 0;
+  alignas(64) float pad_[16][kPanel];
+  std::pair<float*, float*> outputs_[16];
+};
+
+struct Forward {
+  Dims d;
+  const float *gx, *w, *b, *h0, *c0;
+  const uint8_t* mask;
+  float *hs, *aux, *act;  // may alias gx (see the FFI handler)
+
+  const float* Carry(const float* first, const float* all, int64_t t, int64_t row,
+                     const Item& it) const {
+    return (t == 0 ? first : all + (t - 1) * d.rows * d.hidden) + row * d.hidden + it.u0;
+  }
+
+  // Asks for the unit's lines of step t + 1 to be brought into L2 for writing: gx (which act
+  // overwrites), hs and aux. The gate math touches them right after the matmul, and their
+  // short, row-strided runs escape the hardware prefetcher.
+  void Prefetch(int64_t t, const Unit& u) const {
+    const int64_t h = d.hidden, gh = d.gh();
+    for (int64_t row = u.r0; row < u.r0 + u.m; ++row) {
+      const int64_t at = (t + 1) * d.rows + row;
+      for (int64_t c = 0; c < u.it.nu; c += kLanes) {
+        for (int64_t g = 0; g < d.gates; ++g) {
+          __builtin_prefetch(gx + at * gh + g * h + u.it.u0 + c, 1, 2);
+        }
+        __builtin_prefetch(hs + at * h + u.it.u0 + c, 1, 2);
+        if (d.gates > 1) __builtin_prefetch(aux + at * h + u.it.u0 + c, 1, 2);
+      }
+    }
+  }
+
+  // Step t of one unit: the matmul of its item's gate columns for its rows, then the gate
+  // math. packed: the item's weights; tiles: (gates, kUnitRows, 32).
+  void Step(int64_t t, const Unit& u, const float* packed, float* tiles) const {
+    const int64_t h = d.hidden;
+    const float* hprev = (t == 0 ? h0 : hs + (t - 1) * d.rows * h) + u.r0 * h;
+    if (t + 1 < d.steps) Prefetch(t, u);
+    for (int64_t g = 0; g < d.gates; ++g) {
+      Matmul(u.m, hprev, h, packed + g * h * kPanel, h, tiles + g * kUnitRows * kPanel);
+    }
+    for (int i = 0; i < u.m; ++i) Pointwise(t, u.it, u.r0 + i, tiles + i * kPanel);
+  }
+
+  // The gate math of one row; gate g's matmul row is tile[g * kUnitRows * 32 ...].
+  void Pointwise(int64_t t, const Item& it, int64_t row, const float* tile) const {
+    const int64_t h = d.hidden, gh = d.gh(), at = t * d.rows + row;
+    const int64_t stride = kUnitRows * kPanel;
+    const bool keep = mask[at] != 0, lstm = d.cell == kLstm;
+    Lanes lanes(it.nu);
+    // Every input is read before any output is written, lane by lane: the outputs may
+    // overwrite gx (act, or hs for RNN).
+    const float *x[4], *bias[4], *cp = nullptr;
+    float *aux_out = nullptr, *a_out[4] = {};
+    for (int64_t g = 0; g < d.gates; ++g) {
+      x[g] = lanes.In(gx + at * gh + g * h + it.u0);
+      bias[g] = lanes.In(b + it.dir * gh + g * h + it.u0);
+    }
+    const float* hp = lanes.In(Carry(h0, hs, t, row, it));
+    if (lstm) cp = lanes.In(Carry(c0, aux, t, row, it));
+    float* h_out = lanes.Out(hs + at * h + it.u0);
+    if (d.gates > 1) {
+      aux_out = lanes.Out(aux + at * h + it.u0);
+      for (int64_t g = 0; g < d.gates; ++g) a_out[g] = lanes.Out(act + at * gh + g * h + it.u0);
+    }
+    for (int v = 0; v < kPanel; v += kLanes) {
+      auto rec = [&](int g) { return Load(tile + g * stride + v) + Load(bias[g] + v); };
+      const vf hv = Load(hp + v);
+      vf y;
+      if (lstm) {
+        const vf ig = Sigmoid(rec(0) + Load(x[0] + v)), fg = Sigmoid(rec(1) + Load(x[1] + v));
+        const vf gg = Tanh(rec(2) + Load(x[2] + v)), og = Sigmoid(rec(3) + Load(x[3] + v));
+        const vf c = fg * Load(cp + v) + ig * gg;
+        y = og * Tanh(c);
+        Store(a_out[0] + v, ig);
+        Store(a_out[1] + v, fg);
+        Store(a_out[2] + v, gg);
+        Store(a_out[3] + v, og);
+        Store(aux_out + v, keep ? c : Load(cp + v));
+      } else if (d.cell == kGru) {
+        const vf rg = Sigmoid(rec(0) + Load(x[0] + v)), zg = Sigmoid(rec(1) + Load(x[1] + v));
+        const vf hhn = rec(2), ng = Tanh(Load(x[2] + v) + rg * hhn);
+        y = ng + zg * (hv - ng);
+        Store(a_out[0] + v, rg);
+        Store(a_out[1] + v, zg);
+        Store(a_out[2] + v, ng);
+        Store(aux_out + v, hhn);
+      } else {
+        const vf p = rec(0) + Load(x[0] + v);
+        y = d.cell == kRnnTanh ? Tanh(p) : Max(p, vf{});
+      }
+      Store(h_out + v, keep ? y : hv);
+    }
+    lanes.Flush();
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Backward.
+
+// Packs weight_hh for the backward matmul: the item's panel holds, for every gate row n, the
+// 32 weights w[dir][n][u0 + c] (zero past H).
+void PackBackward(const Dims& d, const float* w, const Item& it, float* out) {
+  const int64_t h = d.hidden;
+  for (int64_t n = 0; n < d.gh(); ++n) {
+    const float* src = w + (it.dir * d.gh() + n) * h + it.u0;
+    for (int64_t c = 0; c < kPanel; ++c) out[n * kPanel + c] = c < it.nu ? src[c] : 0.0f;
+  }
+}
+
+struct Backward {
+  Dims d;
+  const float *w, *h0, *c0;
+  const uint8_t* mask;
+  const float *hs, *aux, *act, *dhs, *dcs;
+  float *dgx, *drec;     // may alias act and aux, or dgx dhs (see the FFI handler)
+  float *dh, *dc;        // the cotangent of the carry entering the present step
+  float* dgh[2];         // GRU: cotangent of the recurrent half, by step parity
+
+  const float* Carry(const float* first, const float* all, int64_t t, int64_t row,
+                     const Item& it) const {
+    return (t == 0 ? first : all + (t - 1) * d.rows * d.hidden) + row * d.hidden + it.u0;
+  }
+
+  // Gate cotangents of the unit's rows at step t; leaves in dh / dc the part of the previous
+  // carry's cotangent that does not go through the matmul.
+  void Rows(int64_t t, const Unit& u) const {
+    for (int64_t row = u.r0; row < u.r0 + u.m; ++row) Row(t, u.it, row);
+  }
+
+  void Row(int64_t t, const Item& it, int64_t row) const {
+    const int64_t h = d.hidden, gh = d.gh(), at = t * d.rows + row, carry = row * h + it.u0;
+    const bool keep = mask[at] != 0, lstm = d.cell == kLstm, gru = d.cell == kGru;
+    Lanes lanes(it.nu);
+    // As in the forward pass, every input is read before any output is written, lane by lane.
+    const float *a[4] = {}, *c = nullptr, *cp = nullptr, *g_c_in = nullptr, *dc_in = nullptr;
+    float *dgx_out[4], *dgh_out[4] = {}, *dc_out = nullptr, *drec_out = nullptr;
+    const float* g_h_in = lanes.In(dhs + at * h + it.u0);
+    const float* dh_in = lanes.In(dh + carry);
+    if (lstm) {
+      g_c_in = lanes.In(dcs + at * h + it.u0);
+      dc_in = lanes.In(dc + carry);
+      c = lanes.In(aux + at * h + it.u0);
+      cp = lanes.In(Carry(c0, aux, t, row, it));
+    } else if (gru) {
+      c = lanes.In(Carry(h0, hs, t, row, it));  // h_{t-1}
+      a[3] = lanes.In(aux + at * h + it.u0);    // the recurrent half of n
+    } else {
+      c = lanes.In(hs + at * h + it.u0);
+    }
+    if (d.gates > 1) {
+      for (int64_t g = 0; g < d.gates; ++g) a[g] = lanes.In(act + at * gh + g * h + it.u0);
+    }
+    for (int64_t g = 0; g < d.gates; ++g) {
+      dgx_out[g] = lanes.Out(dgx + at * gh + g * h + it.u0);
+      if (gru) dgh_out[g] = lanes.Out(dgh[t & 1] + row * gh + g * h + it.u0);
+    }
+    if (gru) drec_out = lanes.Out(drec + at * h + it.u0);
+    float* dh_out = lanes.Out(dh + carry);
+    if (lstm) dc_out = lanes.Out(dc + carry);
+    const vf one = Splat(1.0f);
+    for (int v = 0; v < kPanel; v += kLanes) {
+      const vf g_h = Load(g_h_in + v) + Load(dh_in + v);
+      if (!keep) {
+        for (int64_t g = 0; g < d.gates; ++g) {
+          Store(dgx_out[g] + v, vf{});
+          if (gru) Store(dgh_out[g] + v, vf{});
+        }
+        if (gru) Store(drec_out + v, vf{});
+        Store(dh_out + v, g_h);
+        if (lstm) Store(dc_out + v, Load(g_c_in + v) + Load(dc_in + v));
+        continue;
+      }
+      if (lstm) {
+        const vf ig = Load(a[0] + v), fg = Load(a[1] + v), gg = Load(a[2] + v);
+        const vf og = Load(a[3] + v), tc = Tanh(Load(c + v));
+        const vf g_c = Load(g_c_in + v) + Load(dc_in + v) + g_h * og * (one - tc * tc);
+        Store(dgx_out[0] + v, g_c * gg * ig * (one - ig));
+        Store(dgx_out[1] + v, g_c * Load(cp + v) * fg * (one - fg));
+        Store(dgx_out[2] + v, g_c * ig * (one - gg * gg));
+        Store(dgx_out[3] + v, g_h * tc * og * (one - og));
+        Store(dh_out + v, vf{});
+        Store(dc_out + v, g_c * fg);
+      } else if (gru) {
+        const vf rg = Load(a[0] + v), zg = Load(a[1] + v), ng = Load(a[2] + v);
+        const vf hhn = Load(a[3] + v), hp = Load(c + v);
+        const vf dn = g_h * (one - zg) * (one - ng * ng);
+        const vf dr = dn * hhn * rg * (one - rg), dz = g_h * (hp - ng) * zg * (one - zg);
+        Store(dgx_out[0] + v, dr);
+        Store(dgx_out[1] + v, dz);
+        Store(dgx_out[2] + v, dn);
+        Store(dgh_out[0] + v, dr);
+        Store(dgh_out[1] + v, dz);
+        Store(dgh_out[2] + v, dn * rg);
+        Store(drec_out + v, dn * rg);
+        Store(dh_out + v, g_h * zg);
+      } else {
+        const vf hn = Load(c + v);
+        Store(dgx_out[0] + v,
+              d.cell == kRnnTanh ? g_h * (one - hn * hn) : (hn > vf{} ? g_h : vf{}));
+        Store(dh_out + v, vf{});
+      }
+    }
+    lanes.Flush();
+  }
+
+  // Adds the recurrent matmul's part, dgh_t @ w, to the unit's block of dh.
+  void AddRecurrent(int64_t t, const Unit& u, const float* packed, float* tile) const {
+    const int64_t h = d.hidden, gh = d.gh(), nu = u.it.nu;
+    const float* a = (d.cell == kGru ? dgh[t & 1] : dgx + t * d.rows * gh) + u.r0 * gh;
+    Matmul(u.m, a, gh, packed, gh, tile);
+    for (int i = 0; i < u.m; ++i) {
+      float* dst = dh + (u.r0 + i) * h + u.it.u0;
+      const float* src = tile + i * kPanel;
+      if (nu == kPanel) {
+        for (int v = 0; v < kPanel; v += kLanes) Store(dst + v, Load(dst + v) + Load(src + v));
+      } else {
+        for (int64_t c = 0; c < nu; ++c) dst[c] += src[c];
+      }
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// FFI handlers.
+
+ffi::Error MakeDims(int32_t cell, ffi::Span<const int64_t> gx, ffi::Span<const int64_t> w,
+                    Dims* d) {
+  if (cell < kRnnTanh || cell > kGru) {
+    return ffi::Error::InvalidArgument("jrnn recurrence: cell: expected 0..3, got " +
+                                       std::to_string(cell));
+  }
+  if (gx.size() != 3 || w.size() != 3) {
+    return ffi::Error::InvalidArgument("jrnn recurrence: gx and w: expected rank 3, got " +
+                                       Shape(gx) + " and " + Shape(w));
+  }
+  const int64_t gates = Gates(cell), dirs = w[0], hidden = w[2];
+  if (w[1] != gates * hidden || gx[2] != gates * hidden || dirs < 1 || gx[1] % dirs != 0) {
+    return ffi::Error::InvalidArgument(
+        "jrnn recurrence: expected w (k, G*H, H) and gx (T, k*B, G*H) with G = " +
+        std::to_string(gates) + ", got w " + Shape(w) + " and gx " + Shape(gx));
+  }
+  *d = Dims{cell, gx[0], gx[1], dirs, gx[1] / dirs, hidden, gates};
+  return ffi::Error::Success();
+}
+
+// Forward outputs: hs (T, R, H); aux, for LSTM c (T, R, H), for GRU the recurrent half of n
+// (T, R, H), else (1,); act, the gate activations (T, R, G*H) for LSTM and GRU, else (1,). The
+// caller may alias act (RNN: hs) to gx, whose every element is read before it is overwritten.
+ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                      ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                      ffi::Buffer<ffi::U8> mask, int32_t cell, ffi::ResultBuffer<ffi::F32> hs,
+                      ffi::ResultBuffer<ffi::F32> aux, ffi::ResultBuffer<ffi::F32> act) {
+  Dims d;
+  JRNN_CHECK(MakeDims(cell, gx.dimensions(), w.dimensions(), &d));
+  const int64_t T = d.steps, R = d.rows, H = d.hidden;
+  const bool gated = d.gates > 1;
+  JRNN_CHECK(Expect("b", b.dimensions(), {d.dirs, d.gh()}));
+  JRNN_CHECK(Expect("h0", h0.dimensions(), {R, H}));
+  JRNN_CHECK(Expect("c0", c0.dimensions(), {R, H}));
+  JRNN_CHECK(Expect("mask", mask.dimensions(), {T, R}));
+  JRNN_CHECK(Expect("hs", hs->dimensions(), {T, R, H}));
+  JRNN_CHECK(gated ? Expect("aux", aux->dimensions(), {T, R, H})
+                   : Expect("aux", aux->dimensions(), {1}));
+  JRNN_CHECK(gated ? Expect("act", act->dimensions(), {T, R, d.gh()})
+                   : Expect("act", act->dimensions(), {1}));
+  const Forward f{d,           gx.typed_data(), w.typed_data(),  b.typed_data(),
+                  h0.typed_data(), c0.typed_data(), mask.typed_data(), hs->typed_data(),
+                  aux->typed_data(), act->typed_data()};
+  const int64_t items = d.dirs * d.panels(), per_item = d.gates * H * kPanel;
+  Team team(Units(d), AvailableCores());
+  Floats packed = Allocate(items * per_item);
+  Floats tiles = Allocate(team.threads() * d.gates * kUnitRows * kPanel);
+  team.Run([&](int me) {
+    for (int64_t i = me; i < items; i += team.threads()) {
+      PackForward(d, f.w, ItemAt(d, i), packed.get() + i * per_item);
+    }
+    team.Sync();
+    float* tile = tiles.get() + me * d.gates * kUnitRows * kPanel;
+    for (int64_t t = 0; t < T; ++t) {
+      team.ForEach(me, t, [&](int64_t index) {
+        const Unit u = UnitAt(d, index);
+        f.Step(t, u, packed.get() + u.it.index * per_item, tile);
+      });
+      team.Sync();
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// Backward inputs: the forward's inputs and outputs, and dhs, dcs: the cotangents of hs and
+// of aux (read for LSTM only). Outputs: dgx (T, R, G*H); drec, for GRU the cotangent of n's
+// recurrent half (T, R, H), else (1,); dh0 and dc0 (R, H). The caller may alias dgx to act
+// (RNN: to dhs) and drec to aux.
+ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
+                       ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::U8> mask,
+                       ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> aux,
+                       ffi::Buffer<ffi::F32> act, ffi::Buffer<ffi::F32> dhs,
+                       ffi::Buffer<ffi::F32> dcs, int32_t cell,
+                       ffi::ResultBuffer<ffi::F32> dgx, ffi::ResultBuffer<ffi::F32> drec,
+                       ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
+  Dims d;
+  JRNN_CHECK(MakeDims(cell, dgx->dimensions(), w.dimensions(), &d));
+  const int64_t T = d.steps, R = d.rows, H = d.hidden;
+  const bool gated = d.gates > 1;
+  JRNN_CHECK(Expect("h0", h0.dimensions(), {R, H}));
+  JRNN_CHECK(Expect("c0", c0.dimensions(), {R, H}));
+  JRNN_CHECK(Expect("mask", mask.dimensions(), {T, R}));
+  JRNN_CHECK(Expect("hs", hs.dimensions(), {T, R, H}));
+  JRNN_CHECK(Expect("dhs", dhs.dimensions(), {T, R, H}));
+  JRNN_CHECK(gated ? Expect("aux", aux.dimensions(), {T, R, H})
+                   : Expect("aux", aux.dimensions(), {1}));
+  JRNN_CHECK(Expect("dcs", dcs.dimensions(), aux.dimensions()));
+  JRNN_CHECK(gated ? Expect("act", act.dimensions(), {T, R, d.gh()})
+                   : Expect("act", act.dimensions(), {1}));
+  JRNN_CHECK(cell == kGru ? Expect("drec", drec->dimensions(), {T, R, H})
+                          : Expect("drec", drec->dimensions(), {1}));
+  JRNN_CHECK(Expect("dh0", dh0->dimensions(), {R, H}));
+  JRNN_CHECK(Expect("dc0", dc0->dimensions(), {R, H}));
+  Floats scratch = Allocate(cell == kGru ? 2 * R * d.gh() : 1);
+  std::memset(dh0->typed_data(), 0, R * H * sizeof(float));
+  std::memset(dc0->typed_data(), 0, R * H * sizeof(float));
+  const Backward bw{d,
+                    w.typed_data(),
+                    h0.typed_data(),
+                    c0.typed_data(),
+                    mask.typed_data(),
+                    hs.typed_data(),
+                    aux.typed_data(),
+                    act.typed_data(),
+                    dhs.typed_data(),
+                    dcs.typed_data(),
+                    dgx->typed_data(),
+                    drec->typed_data(),
+                    dh0->typed_data(),
+                    dc0->typed_data(),
+                    {scratch.get(), scratch.get() + (cell == kGru ? R * d.gh() : 0)}};
+  // Step t's matmul and step t - 1's gate math of a unit go together: the gate math needs the
+  // unit's block of dh, which the matmul has just completed.
+  const int64_t items = d.dirs * d.panels(), per_item = d.gh() * kPanel;
+  Team team(Units(d), AvailableCores());
+  Floats packed = Allocate(items * per_item);
+  Floats tiles = Allocate(team.threads() * kUnitRows * kPanel);
+  team.Run([&](int me) {
+    for (int64_t i = me; i < items; i += team.threads()) {
+      PackBackward(d, bw.w, ItemAt(d, i), packed.get() + i * per_item);
+    }
+    team.Sync();
+    float* tile = tiles.get() + me * kUnitRows * kPanel;
+    int64_t step = 0;
+    team.ForEach(me, step++, [&](int64_t index) { bw.Rows(T - 1, UnitAt(d, index)); });
+    team.Sync();
+    for (int64_t t = T - 1; t >= 0; --t) {
+      team.ForEach(me, step++, [&](int64_t index) {
+        const Unit u = UnitAt(d, index);
+        bw.AddRecurrent(t, u, packed.get() + u.it.index * per_item, tile);
+        if (t > 0) bw.Rows(t - 1, u);
+      });
+      team.Sync();
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceForward, ForwardFfi,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // gx
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
+                                  .Arg<ffi::Buffer<ffi::U8>>()   // mask
+                                  .Attr<int32_t>("cell")
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // hs
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // aux
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // act
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceBackward, BackwardFfi,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
+                                  .Arg<ffi::Buffer<ffi::U8>>()   // mask
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // hs
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // aux
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // act
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dhs
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dcs
+                                  .Attr<int32_t>("cell")
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dgx
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // drec
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dh0
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // dc0

@@ -1,0 +1,178 @@
+"""The compiled recurrence: a layer's loop over time as one XLA FFI call each way (CPU, float32).
+
+:mod:`jrnn.fused` runs every time step as a handful of XLA ops inside ``jax.lax.scan``. On CPU,
+XLA runs the step's small recurrent matmul at under half of the core's peak and adds a few
+dozen kernel launches per step, forward and backward. This module hands the loop to C++
+(``jrnn/csrc/recurrence.cc``): a register-tiled matmul over weights packed once per call, the
+gate math in the same pass, one thread per group of hidden units and one barrier per step.
+
+What stays in XLA is what XLA does well: the input projection before the loop (one large
+matmul), and after the backward loop the weight gradients, one large matmul over all steps:
+``dW_hh = sum_t dgates_t^T h_{t-1}``.
+
+:func:`recurrence` is the entry point, used by :func:`jrnn.fused.layer` whenever
+:func:`unsupported` finds nothing against it. The pure-JAX scan stays the reference: the tests
+compare the two, outputs and gradients. The library is built by ``pip install`` (see
+``setup.py``); where it was not built, :func:`available` is False and every layer takes the
+pure-JAX path. Being a custom VJP, the compiled path supports reverse-mode differentiation;
+pass ``kernel=False`` to ``apply`` for forward mode (``jax.jvp``, ``jax.jacfwd``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_CODES = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
+_TARGETS = {
+    "jrnn_recurrence_fwd": "JrnnRecurrenceForward",
+    "jrnn_recurrence_bwd": "JrnnRecurrenceBackward",
+}
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the compiled library was built, and is now registered with XLA for CPU."""
+    spec = importlib.util.find_spec("jrnn._recurrence")
+    if spec is None or not spec.origin:
+        return False
+    try:
+        library = ctypes.CDLL(spec.origin)
+    except OSError:
+        return False
+    for name, symbol in _TARGETS.items():
+        handler = jax.ffi.pycapsule(getattr(library, symbol))
+        jax.ffi.register_ffi_target(name, handler, platform="cpu")
+    return True
+
+
+def unsupported(cell_name: str, params: Any, xs: jax.Array, matmul_dtype: Any) -> str | None:
+    """Why the compiled recurrence cannot run this layer, or None when it can.
+
+    Args:
+        cell_name: the cell's ``name``.
+        params: the layer's params dicts, one per direction.
+        xs: `(T, B, D)` inputs.
+        matmul_dtype: the layer's ``matmul_dtype``.
+    """
+    dtypes = {jnp.dtype(a.dtype) for a in jax.tree.leaves(params)} | {jnp.dtype(xs.dtype)}
+    if not available():
+        return "the compiled library jrnn._recurrence was not built (see setup.py)"
+    if jax.default_backend() != "cpu":
+        return f"it runs on CPU only, and the default backend is {jax.default_backend()}"
+    if dtypes != {jnp.dtype(jnp.float32)}:
+        return f"it computes in float32 only, got {sorted(map(str, dtypes))}"
+    if matmul_dtype is not None:
+        return f"it has no mixed precision, got matmul_dtype={matmul_dtype!r}"
+    if "weight_hr" in params[0]:
+        return "it has no LSTM projection (proj_size)"
+    if xs.shape[0] == 0:
+        return "the sequence is empty"
+    return None
+
+
+def recurrence(
+    cell_name: str,
+    gx: jax.Array,
+    weight_hh: jax.Array,
+    bias_hh: jax.Array | None,
+    h0: jax.Array,
+    c0: jax.Array | None,
+    mask: jax.Array | None,
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """The loop over time of :func:`jrnn.fused.layer`, compiled.
+
+    Rows are ``R = k * B``: ``k`` directions stacked along the batch, direction-major, each
+    direction on its own weights (the reverse direction already reads time-reversed inputs).
+
+    Args:
+        cell_name: ``"RNN_TANH"``, ``"RNN_RELU"``, ``"LSTM"`` or ``"GRU"``.
+        gx: `(T, R, G*H)` input half of the gates, ``x @ weight_ih.T + bias_ih`` per step.
+        weight_hh: `(k, G*H, H)`.
+        bias_hh: `(k, G*H)`, or None for no bias.
+        h0: `(R, H)` initial hidden state.
+        c0: `(R, H)` initial cell state (LSTM), else None.
+        mask: optional `(T, R)` bool, False past a row's length: there the carry is kept and
+            the output is zero.
+
+    Returns:
+        ``(ys, h, c)``: outputs `(T, R, H)`, final `h (R, H)` and (LSTM, else None) `c (R, H)`.
+    """
+    if not available():
+        raise RuntimeError("the compiled library jrnn._recurrence was not built (see setup.py)")
+    code = _CODES[cell_name]
+    if bias_hh is None:
+        bias_hh = jnp.zeros(weight_hh.shape[:2], gx.dtype)
+    keep = jnp.ones(gx.shape[:2], jnp.uint8) if mask is None else mask.astype(jnp.uint8)
+    hs, aux = _loop(code, gx, weight_hh, bias_hh, h0, h0 if c0 is None else c0, keep)
+    ys = hs if mask is None else jnp.where(mask[..., None], hs, 0.0)
+    return ys, hs[-1], (aux[-1] if code == _CODES["LSTM"] else None)
+
+
+def _dummy() -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((1,), jnp.float32)
+
+
+def _call_forward(code, gx, w, b, h0, c0, keep):
+    """``(hs, aux, act)``; act (RNN: hs) takes over gx's buffer, which nothing else reads."""
+    steps, rows, hidden = gx.shape[0], gx.shape[1], w.shape[2]
+    gated = code in (_CODES["LSTM"], _CODES["GRU"])
+    full = jax.ShapeDtypeStruct((steps, rows, hidden), jnp.float32)
+    outputs = (full, full if gated else _dummy(), jax.ShapeDtypeStruct(gx.shape, jnp.float32))
+    if not gated:
+        outputs = (*outputs[:2], _dummy())
+    call = jax.ffi.ffi_call(
+        "jrnn_recurrence_fwd",
+        outputs,
+        vmap_method="sequential",
+        input_output_aliases={0: 2 if gated else 0},
+    )
+    return call(gx, w, b, h0, c0, keep, cell=np.int32(code))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _loop(code, gx, w, b, h0, c0, keep):
+    hs, aux, _ = _call_forward(code, gx, w, b, h0, c0, keep)
+    return hs, aux  # aux is LSTM's cell state; for the other cells, unused
+
+
+def _loop_fwd(code, gx, w, b, h0, c0, keep):
+    hs, aux, act = _call_forward(code, gx, w, b, h0, c0, keep)
+    return (hs, aux), (w, h0, c0, keep, hs, aux, act)
+
+
+def _loop_bwd(code, residuals, cotangents):
+    w, h0, c0, keep, hs, aux, act = residuals
+    dhs, daux = cotangents
+    k, gh, hidden = w.shape
+    steps, rows = hs.shape[:2]
+    gru = code == _CODES["GRU"]
+    outputs = (
+        jax.ShapeDtypeStruct((steps, rows, gh), jnp.float32),
+        jax.ShapeDtypeStruct((steps, rows, hidden), jnp.float32) if gru else _dummy(),
+        jax.ShapeDtypeStruct(h0.shape, jnp.float32),
+        jax.ShapeDtypeStruct(h0.shape, jnp.float32),
+    )
+    # dgx takes over act's buffer (RNN: dhs's), GRU's drec aux's: each is read before written
+    aliases = {6: 0, 5: 1} if gru else {6: 0} if code == _CODES["LSTM"] else {7: 0}
+    call = jax.ffi.ffi_call(
+        "jrnn_recurrence_bwd", outputs, vmap_method="sequential", input_output_aliases=aliases
+    )
+    dgx, drec, dh0, dc0 = call(w, h0, c0, keep, hs, aux, act, dhs, daux, cell=np.int32(code))
+    # the recurrent half's cotangent: for GRU, n's block is r * (W_hn h + b_hn)'s
+    dgh = jnp.concatenate([dgx[..., : 2 * hidden], drec], -1) if gru else dgx
+    h_prev = jnp.concatenate([h0[None], hs[:-1]])
+    per_dir = (steps, k, rows // k)
+    dgh = dgh.reshape(*per_dir, gh)
+    dw = jnp.einsum("tkbg,tkbh->kgh", dgh, h_prev.reshape(*per_dir, hidden))
+    db = dgh.sum(axis=(0, 2))
+    return dgx, dw, db, dh0, dc0, None
+
+
+_loop.defvjp(_loop_fwd, _loop_bwd)

@@ -1,0 +1,146 @@
+"""The compiled recurrence (jrnn.kernel) against the pure-JAX scan it replaces.
+
+Oracle: the same layer with ``kernel=False`` (itself checked against a Python loop over the cell
+in test_core and against PyTorch in test_parity). Shapes are chosen to reach every edge of the
+C++ work split: hidden sizes that are not a multiple of its 32-unit panels, batches that are not
+a multiple of its 16-row units or 8-row register tiles, two directions, padded sequences.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jrnn
+from jrnn import kernel
+
+pytestmark = pytest.mark.skipif(
+    jax.default_backend() != "cpu", reason="the compiled recurrence is CPU-only"
+)
+
+SPECS = {
+    "rnn_tanh": functools.partial(jrnn.RNN, nonlinearity="tanh"),
+    "rnn_relu": functools.partial(jrnn.RNN, nonlinearity="relu"),
+    "lstm": jrnn.LSTM,
+    "gru": jrnn.GRU,
+}
+close = functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=2e-5)
+
+
+def test_library_is_built_and_registered():
+    """``pip install`` compiles jrnn/csrc/recurrence.cc; without it every test below is moot."""
+    assert kernel.available()
+
+
+def _loss_and_grads(spec, params, x, h0, lengths, use_kernel):
+    def loss(params, x, h0):
+        out, h_n = spec.apply(params, x, h0, lengths=lengths, kernel=use_kernel)
+        leaves = jax.tree.leaves(h_n)
+        value = jnp.sum(out * jnp.cos(out)) + sum(jnp.sum(a * jnp.sin(a)) for a in leaves)
+        return value, (out, h_n)
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+    return grad(params, x, h0)
+
+
+@pytest.mark.parametrize(
+    ("name", "hidden", "batch", "bidirectional", "padded"),
+    [
+        ("rnn_tanh", 40, 19, False, False),
+        ("lstm", 40, 19, False, False),
+        ("gru", 64, 5, True, True),
+        ("rnn_relu", 64, 5, True, True),
+        ("lstm", 33, 37, True, False),
+        ("gru", 33, 37, True, False),
+        ("lstm", 32, 16, False, True),
+        ("rnn_tanh", 32, 16, False, True),
+    ],
+)
+def test_compiled_equals_scan(name, hidden, batch, bidirectional, padded):
+    """Outputs, final states and the gradients of params, input and h0 agree."""
+    spec = SPECS[name](6, hidden, num_layers=2, bidirectional=bidirectional)
+    params = spec.init(jax.random.key(0))
+    steps = 7
+    x = jax.random.normal(jax.random.key(1), (batch, steps, 6))
+    layers = 2 * spec.num_directions
+    h0 = 0.5 * jax.random.normal(jax.random.key(2), (layers, batch, hidden))
+    if name == "lstm":
+        h0 = (h0, jax.random.normal(jax.random.key(3), (layers, batch, hidden)))
+    lengths = None
+    if padded:
+        lengths = jax.random.randint(jax.random.key(4), (batch,), 1, steps + 1).at[0].set(steps)
+    compiled = _loss_and_grads(spec, params, x, h0, lengths, True)
+    scan = _loss_and_grads(spec, params, x, h0, lengths, False)
+    jax.tree.map(close, compiled, scan)
+
+
+def test_compiled_path_under_vmap_remat_and_unbatched_input():
+    spec = jrnn.LSTM(3, 20, bidirectional=True)
+    params = spec.init(jax.random.key(0))
+    xs = jax.random.normal(jax.random.key(1), (4, 2, 9, 3))  # 4 independent batches
+
+    def run(x, use_kernel, remat=None):
+        return spec.apply(params, x, kernel=use_kernel, remat=remat)
+
+    ensemble = jax.jit(jax.vmap(lambda x: run(x, True)))(xs)
+    jax.tree.map(close, ensemble, jax.vmap(lambda x: run(x, False))(xs))
+
+    def loss(params, remat):
+        out, (h, c) = spec.apply(params, xs[0], kernel=True, remat=remat)
+        return jnp.sum(out**2) + jnp.sum(h * c)
+
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    jax.tree.map(close, grad(params, 4), grad(params, None))
+    jax.tree.map(close, run(xs[0, 0], True), run(xs[0, 0], False))  # (T, D) input
+
+
+def test_default_uses_the_compiled_path_where_it_applies():
+    """``kernel=None`` lowers to the FFI call for float32 and to the scan otherwise."""
+    spec = jrnn.GRU(3, 8)
+    params = spec.init(jax.random.key(0))
+    x = jnp.ones((2, 4, 3))
+
+    def hlo(**options):
+        return jax.jit(lambda p: spec.apply(p, x, **options)[0]).lower(params).as_text()
+
+    assert "jrnn_recurrence_fwd" in hlo()
+    assert "jrnn_recurrence_fwd" not in hlo(kernel=False)
+    assert "jrnn_recurrence_fwd" not in hlo(matmul_dtype=jnp.bfloat16)
+
+
+def test_kernel_true_says_why_it_cannot_run():
+    lstm = jrnn.LSTM(3, 8, proj_size=4)
+    x = jnp.ones((2, 4, 3))
+    with pytest.raises(ValueError, match=r"kernel: True.*projection"):
+        lstm.apply(lstm.init(jax.random.key(0)), x, kernel=True)
+    gru = jrnn.GRU(3, 8)
+    with pytest.raises(ValueError, match=r"kernel: True.*mixed precision"):
+        gru.apply(gru.init(jax.random.key(0)), x, kernel=True, matmul_dtype=jnp.bfloat16)
+    with pytest.raises(ValueError, match=r"kernel: True.*float32 only"):
+        gru.apply(gru.init(jax.random.key(0), jnp.bfloat16), x.astype(jnp.bfloat16), kernel=True)
+
+
+def test_ffi_call_rejects_inconsistent_shapes():
+    """The C++ side checks its buffers and names the one that is off."""
+    gx = jnp.zeros((4, 2, 3 * 8))
+    weight_hh = jnp.zeros((1, 4 * 8, 8))  # LSTM-shaped weights for GRU gates
+    with pytest.raises(Exception, match=r"expected w \(k, G\*H, H\) and gx"):
+        kernel.recurrence("GRU", gx, weight_hh, None, jnp.zeros((2, 8)), None, None)
+
+
+def test_forward_mode_needs_the_scan_path():
+    """The compiled path is a custom VJP: jax.jvp raises, and ``kernel=False`` is the way."""
+    spec = jrnn.RNN(3, 4)
+    params = spec.init(jax.random.key(0))
+    x = jnp.ones((2, 5, 3))
+
+    def f(x, use_kernel):
+        return jnp.sum(spec.apply(params, x, kernel=use_kernel)[0])
+
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda x: f(x, True), (x,), (x,))
+    jax.jvp(lambda x: f(x, False), (x,), (x,))
