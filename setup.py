@@ -1,4 +1,4 @@
-"""Builds jrnn's compiled recurrence, ``jrnn/csrc/recurrence.cc``, against jaxlib's XLA FFI headers.
+"""Builds jrnn's compiled recurrence (``jrnn/csrc/``) against jaxlib's XLA FFI headers.
 
 The extension is optional: without a C++ compiler the install still succeeds and jrnn runs every
 layer on its pure-JAX path (``jrnn.kernel.available()`` is then False). It is compiled for the
@@ -18,6 +18,7 @@ setup(
         Extension(
             "jrnn._recurrence",
             sources=["jrnn/csrc/recurrence.cc"],
+            depends=["jrnn/csrc/common.h"],
             include_dirs=[include],
             extra_compile_args=["-std=c++17", "-O3", "-march=native"],
             language="c++",

@@ -30,9 +30,11 @@ def test_quick_run_has_every_framework_and_matches_torch(bench, tmp_path):
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["notes"] == []  # no framework failed
     rows = {row["framework"]: row for row in data["rows"]}
-    assert set(rows) == {"jrnn", "torch", "flax"}
-    assert rows["jrnn"]["check_passed"] is True
-    assert rows["jrnn"]["max_diff"] <= 1e-4
+    compiled = bench.models.compiled_recurrence("cpu")  # then the scan path is timed too
+    assert set(rows) == {"jrnn", "torch", "flax"} | ({"jrnn-scan"} if compiled else set())
+    for jrnn_row in (name for name in rows if name.startswith("jrnn")):
+        assert rows[jrnn_row]["check_passed"] is True
+        assert rows[jrnn_row]["max_diff"] <= 1e-4
     assert all(row["forward_ms"] > 0 and row["train_ms"] > 0 for row in rows.values())
     table = out.read_text()
     for framework in rows:

@@ -4,7 +4,7 @@
 // `jrnn_recurrence_fwd` for the loop over time, and in the backward pass calls
 // `jrnn_recurrence_bwd` for the loop back, then forms the weight gradients with XLA (one large
 // matmul each). The math is `jrnn.cells`'s, in PyTorch's layout; `jrnn.fused` is the pure-JAX
-// reference these calls are tested against.
+// path these calls are tested against.
 //
 // Shapes (float32 unless noted): T steps, R = k * B rows (k directions, direction-major), H
 // hidden units, G gates (1 RNN, 4 LSTM i f g o, 3 GRU r z n).
@@ -14,48 +14,35 @@
 //                 h0, c0 (R, H)    initial carry (c0 unused but for LSTM)
 //                 mask (T, R) u8   1 where a row's step is valid; else the carry is kept
 //           out:  hs (T, R, H)     the carry h after every step
-//                 cs (T, R, H)     LSTM: the carry c after every step; else shape (1,)
-//                 act (T, R, 4*H)  LSTM: gates i f g o after their activations;
-//                                  GRU: r, z, n and the recurrent half of n; RNN: shape (1,)
-//   backward in:  w, h0, c0, mask, hs, cs, act as above; dhs (T, R, H) and dcs (like cs): the
-//                 cotangents of hs and cs
+//                 aux (T, R, H)    LSTM: the carry c; GRU: n's recurrent half; RNN: (1,)
+//                 act (T, R, G*H)  LSTM, GRU: the gates after their activations; RNN: (1,)
+//   backward in:  the forward's inputs but gx and its outputs; dhs, and dcs (aux's shape): the
+//                 cotangents of hs and aux (dcs read for LSTM only)
 //           out:  dgx (T, R, G*H)  cotangent of gx
+//                 drec (T, R, H)   GRU: cotangent of n's recurrent half; else (1,)
 //                 dh0, dc0 (R, H)  cotangents of h0 and c0 (dc0 zero but for LSTM)
+// The caller lets act (RNN: hs) overwrite gx, dgx act (RNN: dhs) and drec aux: each of those
+// inputs is read, lane by lane, before the output that takes its place is written, and none is
+// needed afterwards. That spares a 16 MB buffer and its cache misses per LSTM layer and call.
 //
-// Work split: a work item is (direction, panel of 32 hidden units). Its thread computes the
-// item's gate columns of the recurrent matmul (a register-tiled kernel over weights packed
-// once per call) and the elementwise gate math of those units, so each step needs a single
-// barrier: all of h (forward) or of the gate cotangents (backward) must be written before any
-// thread starts the next step's matmul.
+// Work split: a work item is (direction, panel of 32 hidden units); a unit of work is an item's
+// block of up to 16 rows. Its thread computes the unit's gate columns of the recurrent matmul
+// (a register-tiled kernel over weights packed once per call) and the elementwise gate math of
+// those units, so each step needs a single barrier: all of h (forward) or of the gate
+// cotangents (backward) must be written before any thread starts the next step's matmul.
+// Units are handed out per step as in common.h's Team (own share first, then help).
 
-#include <sched.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
 
-#include <algorithm>
-#include <atomic>
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <memory>
-#include <string>
-#include <thread>
-#include <utility>
-#include <vector>
+#include "common.h"
 
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
-
+namespace jrnn {
 namespace {
 
-using vf = float __attribute__((vector_size(64)));
 using vi = int32_t __attribute__((vector_size(64)));
 
-constexpr int kLanes = 16;
-constexpr int kPanel = 32;  // hidden units per work item: two vectors
-constexpr int kTileRows = 8;
 constexpr int kUnitRows = 16;  // rows per unit of work: two register tiles share its weights
 
 enum Cell : int32_t { kRnnTanh = 0, kRnnRelu = 1, kLstm = 2, kGru = 3 };
@@ -64,16 +51,6 @@ int Gates(int32_t cell) { return cell == kLstm ? 4 : cell == kGru ? 3 : 1; }
 
 // ---------------------------------------------------------------------------------------------
 // Vector math on 16 floats.
-
-inline vf Load(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline void Store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-
-inline vf Splat(float a) { return vf{a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
 
 inline vf Min(vf a, vf b) { return a < b ? a : b; }
 
@@ -129,168 +106,6 @@ inline vf Tanh(vf x) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Matmul: out (m, 32) = a (m, K) @ b (K, 32), b packed contiguous, a row-major with leading
-// dimension lda. Register tiles of up to 8 rows x 32 columns; K in blocks whose part of b
-// (32 KiB) stays in L1 while every row tile reads it.
-
-template <int M, bool kAccumulate>
-void TileKernel(const float* __restrict a, int64_t lda, const float* __restrict b, int64_t k,
-                float* __restrict out) {
-  vf acc[M][2];
-#pragma GCC unroll 8
-  for (int r = 0; r < M; ++r) {
-    acc[r][0] = kAccumulate ? Load(out + r * kPanel) : vf{};
-    acc[r][1] = kAccumulate ? Load(out + r * kPanel + kLanes) : vf{};
-  }
-#pragma GCC unroll 2
-  for (int64_t kk = 0; kk < k; ++kk) {
-    vf b0 = Load(b + kk * kPanel), b1 = Load(b + kk * kPanel + kLanes);
-#pragma GCC unroll 8
-    for (int r = 0; r < M; ++r) {
-      vf x = Splat(a[r * lda + kk]);
-      acc[r][0] += x * b0;
-      acc[r][1] += x * b1;
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < M; ++r) {
-    Store(out + r * kPanel, acc[r][0]);
-    Store(out + r * kPanel + kLanes, acc[r][1]);
-  }
-}
-
-template <bool kAccumulate>
-void Tile(int m, const float* a, int64_t lda, const float* b, int64_t k, float* out) {
-  switch (m) {
-    case 1: return TileKernel<1, kAccumulate>(a, lda, b, k, out);
-    case 2: return TileKernel<2, kAccumulate>(a, lda, b, k, out);
-    case 3: return TileKernel<3, kAccumulate>(a, lda, b, k, out);
-    case 4: return TileKernel<4, kAccumulate>(a, lda, b, k, out);
-    case 5: return TileKernel<5, kAccumulate>(a, lda, b, k, out);
-    case 6: return TileKernel<6, kAccumulate>(a, lda, b, k, out);
-    case 7: return TileKernel<7, kAccumulate>(a, lda, b, k, out);
-    default: return TileKernel<8, kAccumulate>(a, lda, b, k, out);
-  }
-}
-
-void Matmul(int64_t m, const float* a, int64_t lda, const float* b, int64_t k, float* out) {
-  constexpr int64_t kBlock = 256;
-  for (int64_t k0 = 0; k0 < k; k0 += kBlock) {
-    const int64_t kb = std::min(kBlock, k - k0);
-    for (int64_t r0 = 0; r0 < m; r0 += kTileRows) {
-      const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - r0));
-      const float *ar = a + r0 * lda + k0, *bk = b + k0 * kPanel;
-      if (k0 == 0) {
-        Tile<false>(rows, ar, lda, bk, kb, out + r0 * kPanel);
-      } else {
-        Tile<true>(rows, ar, lda, bk, kb, out + r0 * kPanel);
-      }
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Threads.
-
-struct AlignedFree {
-  void operator()(float* p) const { std::free(p); }
-};
-using Floats = std::unique_ptr<float[], AlignedFree>;
-
-Floats Allocate(size_t n) {
-  size_t bytes = std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64);
-  return Floats(static_cast<float*>(std::aligned_alloc(64, bytes)));
-}
-
-// A spinning barrier: steps are tens of microseconds, too short to sleep between.
-class Barrier {
- public:
-  explicit Barrier(int n) : n_(n) {}
-  void Wait() {
-    if (n_ == 1) return;
-    int generation = generation_.load(std::memory_order_acquire);
-    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
-      count_.store(0, std::memory_order_relaxed);
-      generation_.fetch_add(1, std::memory_order_release);
-      return;
-    }
-    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
-      if (spins < 1 << 14) {
-        __builtin_ia32_pause();
-      } else {
-        std::this_thread::yield();
-      }
-    }
-  }
-
- private:
-  const int n_;
-  std::atomic<int> count_{0};
-  std::atomic<int> generation_{0};
-};
-
-int AvailableCores() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return std::max(1u, std::thread::hardware_concurrency());
-}
-
-// The threads of one call: `threads` workers (the calling thread is worker 0) that all run
-// body(worker) and meet at Sync() after each step. A step's work is a list of units; ForEach
-// hands each unit to exactly one worker. A worker takes its own share first, so that a unit's
-// weights stay in one core's cache from step to step, then helps the others: the cores of a
-// virtual machine seldom run at the same speed (here one ran 30% slower than the other).
-class Team {
- public:
-  Team(int64_t units, int64_t cores)
-      : threads_(static_cast<int>(std::max<int64_t>(1, std::min(cores, units)))),
-        units_(units),
-        barrier_(threads_),
-        cursors_(new Cursor[2 * threads_]) {
-    for (int i = 0; i < 2 * threads_; ++i) cursors_[i].next.store(Begin(i % threads_));
-  }
-
-  int threads() const { return threads_; }
-
-  template <typename Body>
-  void Run(Body body) {
-    std::vector<std::thread> pool;
-    for (int i = 1; i < threads_; ++i) pool.emplace_back(body, i);
-    body(0);
-    for (auto& t : pool) t.join();
-  }
-
-  void Sync() { barrier_.Wait(); }
-
-  // Calls fn(unit) for this worker's units of step `step` (numbered 0, 1, 2, ... by the caller).
-  template <typename Fn>
-  void ForEach(int me, int64_t step, Fn fn) {
-    Cursor* now = cursors_.get() + (step & 1) * threads_;
-    if (me == 0) {  // the other parity's step ended before the last Sync: ready it for the next
-      Cursor* next = cursors_.get() + ((step + 1) & 1) * threads_;
-      for (int i = 0; i < threads_; ++i) next[i].next.store(Begin(i), std::memory_order_relaxed);
-    }
-    for (int k = 0; k < threads_; ++k) {
-      const int j = (me + k) % threads_;
-      for (int64_t u; (u = now[j].next.fetch_add(1, std::memory_order_relaxed)) < Begin(j + 1);) {
-        fn(u);
-      }
-    }
-  }
-
- private:
-  struct alignas(64) Cursor {
-    std::atomic<int64_t> next{0};
-  };
-  int64_t Begin(int i) const { return units_ * i / threads_; }
-
-  const int threads_;
-  const int64_t units_;
-  Barrier barrier_;
-  std::unique_ptr<Cursor[]> cursors_;
-};
-
-// ---------------------------------------------------------------------------------------------
 // Shapes shared by both directions of the computation.
 
 struct Dims {
@@ -327,32 +142,6 @@ Unit UnitAt(const Dims& d, int64_t u) {
   const int64_t first = (u % Blocks(d)) * kUnitRows;
   return {it, it.row0 + first, static_cast<int>(std::min<int64_t>(kUnitRows, d.batch - first))};
 }
-
-inline void Put(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
-
-std::string Shape(ffi::Span<const int64_t> dims) {
-  std::string s = "(";
-  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
-  return s + (dims.size() == 1 ? ",)" : ")");
-}
-
-ffi::Error Expect(const char* name, ffi::Span<const int64_t> dims,
-                  ffi::Span<const int64_t> want) {
-  if (std::equal(dims.begin(), dims.end(), want.begin(), want.end())) return ffi::Error::Success();
-  return ffi::Error::InvalidArgument(std::string("jrnn recurrence: ") + name +
-                                     ": expected shape " + Shape(want) + ", got " + Shape(dims));
-}
-
-ffi::Error Expect(const char* name, ffi::Span<const int64_t> dims,
-                  std::initializer_list<int64_t> want) {
-  return Expect(name, dims, ffi::Span<const int64_t>(want.begin(), want.size()));
-}
-
-#define JRNN_CHECK(expr)             \
-  do {                               \
-    ffi::Error error = (expr);       \
-    if (error.failure()) return error; \
-  } while (0)
 
 // Copies n <= 32 floats into a row of 32, zero-padded.
 inline void Gather(float* dst, const float* src, int64_t n) {
@@ -766,33 +555,34 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
 }
 
 }  // namespace
+}  // namespace jrnn
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceForward, ForwardFfi,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // gx
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // b
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
-                                  .Arg<ffi::Buffer<ffi::U8>>()   // mask
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceForward, jrnn::ForwardFfi,
+                              xla::ffi::Ffi::Bind()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // gx
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // w
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // b
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // h0
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // c0
+                                  .Arg<xla::ffi::Buffer<xla::ffi::U8>>()   // mask
                                   .Attr<int32_t>("cell")
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // hs
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // aux
-                                  .Ret<ffi::Buffer<ffi::F32>>());  // act
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // hs
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // aux
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>());  // act
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceBackward, BackwardFfi,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
-                                  .Arg<ffi::Buffer<ffi::U8>>()   // mask
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // hs
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // aux
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // act
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dhs
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dcs
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceBackward, jrnn::BackwardFfi,
+                              xla::ffi::Ffi::Bind()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // w
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // h0
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // c0
+                                  .Arg<xla::ffi::Buffer<xla::ffi::U8>>()   // mask
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // hs
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // aux
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // act
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // dhs
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // dcs
                                   .Attr<int32_t>("cell")
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // dgx
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // drec
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // dh0
-                                  .Ret<ffi::Buffer<ffi::F32>>());  // dc0
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dgx
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // drec
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dh0
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>());  // dc0
