@@ -3,7 +3,8 @@
 Oracle: the same layer with ``kernel=False`` (itself checked against a Python loop over the cell
 in test_core and against PyTorch in test_parity). Shapes are chosen to reach every edge of the
 C++ work split: hidden sizes that are not a multiple of its 32-unit panels, batches that are not
-a multiple of its 16-row units or 8-row register tiles, two directions, padded sequences.
+a multiple of its 16-row units or 8-row register tiles, two directions, padded sequences, and
+calls large enough to run on every core (smaller ones run on one).
 """
 
 from __future__ import annotations
@@ -73,6 +74,20 @@ def test_compiled_equals_scan(name, hidden, batch, bidirectional, padded):
     lengths = None
     if padded:
         lengths = jax.random.randint(jax.random.key(4), (batch,), 1, steps + 1).at[0].set(steps)
+    compiled = _loss_and_grads(spec, params, x, h0, lengths, True)
+    scan = _loss_and_grads(spec, params, x, h0, lengths, False)
+    jax.tree.map(close, compiled, scan)
+
+
+@pytest.mark.parametrize(("name", "hidden"), [("lstm", 136), ("gru", 150)])
+def test_compiled_equals_scan_on_all_cores(name, hidden):
+    """A call large enough (over 400 MFLOP) to be split across the machine's cores."""
+    spec = SPECS[name](6, hidden, bidirectional=True)
+    params = spec.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (32, 64, 6))
+    lengths = jnp.arange(32) + 33
+    h0 = jnp.zeros((2, 32, hidden))
+    h0 = (h0, h0) if name == "lstm" else h0
     compiled = _loss_and_grads(spec, params, x, h0, lengths, True)
     scan = _loss_and_grads(spec, params, x, h0, lengths, False)
     jax.tree.map(close, compiled, scan)
