@@ -12,7 +12,9 @@ module computes the same function, shaped for speed:
 - optional rematerialisation in chunks of ``remat`` steps (input projection included), so the
   saved activations grow as ``T / remat + remat`` instead of ``T``.
 
-The gate math itself is ``cell.pointwise``, shared with the reference path.
+The gate math itself is ``cell.pointwise``, shared with the reference path. On CPU, float32
+layers hand the loop over time (after the projection) to the compiled recurrence of
+:mod:`jrnn.kernel` instead of the scan, unless ``kernel=False``.
 
 Shapes: ``k`` directions, time-major `xs (T, B, D)`. Inside the scan the directions are stacked
 along the batch as ``R = k * B`` rows (direction-major), so that every array the loop touches is

@@ -3,8 +3,9 @@
 :mod:`jrnn.fused` runs every time step as a handful of XLA ops inside ``jax.lax.scan``. On CPU,
 XLA runs the step's small recurrent matmul at under half of the core's peak and adds a few
 dozen kernel launches per step, forward and backward. This module hands the loop to C++
-(``jrnn/csrc/recurrence.cc``): a register-tiled matmul over weights packed once per call, the
-gate math in the same pass, one thread per group of hidden units and one barrier per step.
+(``jrnn/csrc/``): a register-tiled matmul over weights packed once per call, the gate math in
+the same pass, units of 32 hidden units by 16 rows shared out among the cores each step, and
+one barrier per step.
 
 What stays in XLA is what XLA does well: the input projection before the loop (one large
 matmul), and after the backward loop the weight gradients, one large matmul over all steps:
