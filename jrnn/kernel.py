@@ -105,6 +105,8 @@ def recurrence(
     Returns:
         ``(ys, h, c)``: outputs `(T, R, H)`, final `h (R, H)` and (LSTM, else None) `c (R, H)`.
     """
+    if cell_name not in _CODES:
+        raise ValueError(f"cell_name: expected one of {sorted(_CODES)}, got {cell_name!r}")
     if not available():
         raise RuntimeError("the compiled library jrnn._recurrence was not built (see setup.py)")
     code = _CODES[cell_name]
@@ -125,9 +127,8 @@ def _call_forward(code, gx, w, b, h0, c0, keep):
     steps, rows, hidden = gx.shape[0], gx.shape[1], w.shape[2]
     gated = code in (_CODES["LSTM"], _CODES["GRU"])
     full = jax.ShapeDtypeStruct((steps, rows, hidden), jnp.float32)
-    outputs = (full, full if gated else _dummy(), jax.ShapeDtypeStruct(gx.shape, jnp.float32))
-    if not gated:
-        outputs = (*outputs[:2], _dummy())
+    gates = jax.ShapeDtypeStruct(gx.shape, jnp.float32)
+    outputs = (full, full, gates) if gated else (full, _dummy(), _dummy())
     call = jax.ffi.ffi_call(
         "jrnn_recurrence_fwd",
         outputs,

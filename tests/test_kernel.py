@@ -145,6 +145,8 @@ def test_ffi_call_rejects_inconsistent_shapes():
     weight_hh = jnp.zeros((1, 4 * 8, 8))  # LSTM-shaped weights for GRU gates
     with pytest.raises(Exception, match=r"expected w \(k, G\*H, H\) and gx"):
         kernel.recurrence("GRU", gx, weight_hh, None, jnp.zeros((2, 8)), None, None)
+    with pytest.raises(ValueError, match=r"cell_name: expected one of .*, got 'gru'"):
+        kernel.recurrence("gru", gx, weight_hh, None, jnp.zeros((2, 8)), None, None)
 
 
 def test_forward_mode_needs_the_scan_path():

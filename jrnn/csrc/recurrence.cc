@@ -153,6 +153,13 @@ Unit UnitAt(const Dims& d, int64_t u) {
   return {it, it.row0 + first, static_cast<int>(std::min<int64_t>(kUnitRows, d.batch - first))};
 }
 
+// The item's lanes of a row of the carry entering step t: `first` (h0 or c0) at t = 0, else the
+// step t - 1 slice of `all` (hs or the LSTM's cell states), arrays of (T, R, H).
+inline const float* Carry(const Dims& d, const float* first, const float* all, int64_t t,
+                          int64_t row, const Item& it) {
+  return (t == 0 ? first : all + (t - 1) * d.rows * d.hidden) + row * d.hidden + it.u0;
+}
+
 // Copies n <= 32 floats into a row of 32, zero-padded.
 inline void Gather(float* dst, const float* src, int64_t n) {
   if (n < kPanel) std::memset(dst + n, 0, (kPanel - n) * sizeof(float));
@@ -210,11 +217,6 @@ struct Forward {
   const uint8_t* mask;
   float *hs, *aux, *act;  // may alias gx (see the FFI handler)
 
-  const float* Carry(const float* first, const float* all, int64_t t, int64_t row,
-                     const Item& it) const {
-    return (t == 0 ? first : all + (t - 1) * d.rows * d.hidden) + row * d.hidden + it.u0;
-  }
-
   // Asks for the unit's lines of step t + 1 to be brought into L2 for writing: gx (which act
   // overwrites), hs and aux. The gate math touches them right after the matmul, and their
   // short, row-strided runs escape the hardware prefetcher.
@@ -258,8 +260,8 @@ struct Forward {
       x[g] = lanes.In(gx + at * gh + g * h + it.u0);
       bias[g] = lanes.In(b + it.dir * gh + g * h + it.u0);
     }
-    const float* hp = lanes.In(Carry(h0, hs, t, row, it));
-    if (lstm) cp = lanes.In(Carry(c0, aux, t, row, it));
+    const float* hp = lanes.In(Carry(d, h0, hs, t, row, it));
+    if (lstm) cp = lanes.In(Carry(d, c0, aux, t, row, it));
     float* h_out = lanes.Out(hs + at * h + it.u0);
     if (d.gates > 1) {
       aux_out = lanes.Out(aux + at * h + it.u0);
@@ -319,11 +321,6 @@ struct Backward {
   float *dh, *dc;        // the cotangent of the carry entering the present step
   float* dgh[2];         // GRU: cotangent of the recurrent half, by step parity
 
-  const float* Carry(const float* first, const float* all, int64_t t, int64_t row,
-                     const Item& it) const {
-    return (t == 0 ? first : all + (t - 1) * d.rows * d.hidden) + row * d.hidden + it.u0;
-  }
-
   // Gate cotangents of the unit's rows at step t; leaves in dh / dc the part of the previous
   // carry's cotangent that does not go through the matmul.
   void Rows(int64_t t, const Unit& u) const {
@@ -343,9 +340,9 @@ struct Backward {
       g_c_in = lanes.In(dcs + at * h + it.u0);
       dc_in = lanes.In(dc + carry);
       c = lanes.In(aux + at * h + it.u0);
-      cp = lanes.In(Carry(c0, aux, t, row, it));
+      cp = lanes.In(Carry(d, c0, aux, t, row, it));
     } else if (gru) {
-      c = lanes.In(Carry(h0, hs, t, row, it));  // h_{t-1}
+      c = lanes.In(Carry(d, h0, hs, t, row, it));  // h_{t-1}
       a[3] = lanes.In(aux + at * h + it.u0);    // the recurrent half of n
     } else {
       c = lanes.In(hs + at * h + it.u0);
