@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# jrnn vs torch (cuDNN) vs Flax on a CUDA GPU, on a fresh machine with Python and PyPI.
+# jrnn vs torch (cuDNN) vs Flax on a CUDA GPU: a fresh machine with Python and PyPI, or one whose
+# python3 already holds the frameworks (--no-install).
 #
 #   bash benchmarks/gpu.sh [benchmarks.run options...]      e.g. --configs lstm gru --reps 20
 #   bash benchmarks/gpu.sh --dry-run                        the same without CUDA: CPU, --quick
+#   bash benchmarks/gpu.sh --no-install [...]               a machine without PyPI whose python3
+#                                                           already has jax (CUDA), torch, flax
+#                                                           and optax: no venv, no install
 #
 # Writes $OUT/gpu_table.md, $OUT/gpu_table.json and $OUT/gpu_log.txt (OUT defaults to
 # /tmp/jrnn-bench-out). Environment: PYTHON (python3), VENV (/tmp/jrnn-bench-venv; reused when it
@@ -13,10 +17,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 DRY_RUN=0
-if [[ "${1:-}" == "--dry-run" ]]; then
-    DRY_RUN=1
+INSTALL=1
+while [[ "${1:-}" == "--dry-run" || "${1:-}" == "--no-install" ]]; do
+    [[ "$1" == "--dry-run" ]] && DRY_RUN=1
+    [[ "$1" == "--no-install" ]] && INSTALL=0
     shift
-fi
+done
 OUT="${OUT:-/tmp/jrnn-bench-out}"
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-/tmp/jrnn-bench-venv}"
@@ -38,23 +44,27 @@ else
     echo "no nvidia-smi on this machine"
 fi
 
-step "environment $VENV"
-if [[ ! -x "$VENV/bin/python" ]]; then
-    "$PYTHON" -m venv "$VENV" ||
-        fail "'$PYTHON -m venv' failed (Debian/Ubuntu: apt-get install python3-venv), or set VENV"
-fi
-PY="$VENV/bin/python"
-"$PY" --version
-
-packages=(-e '.[bench]' "jax[$JAX_CUDA]==$JAX_VERSION")
 run_args=(--device gpu)
-if ((DRY_RUN)); then
-    packages=(-e '.[bench]' "jax==$JAX_VERSION")
-    run_args=(--device cpu --quick)
+((DRY_RUN)) && run_args=(--device cpu --quick)
+if ((INSTALL)); then
+    step "environment $VENV"
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        "$PYTHON" -m venv "$VENV" ||
+            fail "'$PYTHON -m venv' failed (Debian/Ubuntu: apt-get install python3-venv), or set VENV"
+    fi
+    PY="$VENV/bin/python"
+    "$PY" --version
+    packages=(-e '.[bench]' "jax[$JAX_CUDA]==$JAX_VERSION")
+    ((DRY_RUN)) && packages=(-e '.[bench]' "jax==$JAX_VERSION")
+    step "install ${packages[*]}"
+    "$PY" -m pip install -q --progress-bar off -U pip
+    "$PY" -m pip install -q --progress-bar off "${packages[@]}" || fail "pip install failed"
+else
+    PY="$(command -v "$PYTHON")" || fail "no '$PYTHON' on this machine"
+    step "no install: $PY as it is, jrnn from $(pwd)"
+    "$PY" --version
+    export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
 fi
-step "install ${packages[*]}"
-"$PY" -m pip install -q --progress-bar off -U pip
-"$PY" -m pip install -q --progress-bar off "${packages[@]}" || fail "pip install failed"
 
 step "what the frameworks see"
 "$PY" - <<'EOF' || fail "jax, torch or flax does not import"

@@ -53,16 +53,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--torch-threads", type=int, help="torch's CPU threads (default: all cores, like XLA)"
     )
+    parser.add_argument(
+        "--unroll",
+        nargs="+",
+        type=int,
+        default=[],
+        help="also time jrnn with these scan unrolls (rows jrnn-unrollN)",
+    )
     parser.add_argument("--out", type=Path, help="write the Markdown table here (+ .json)")
     args = parser.parse_args(argv)
     if args.reps is None:
         args.reps = 2 if args.quick else 10
     if args.torch_threads is None:
         args.torch_threads = len(os.sched_getaffinity(0))
-    if args.reps < 1 or args.warmup < 0 or args.torch_threads < 1:
+    if (
+        args.reps < 1
+        or args.warmup < 0
+        or args.torch_threads < 1
+        or min(args.unroll, default=1) < 1
+    ):
         parser.error(
-            f"--reps and --torch-threads must be >= 1 and --warmup >= 0, got {args.reps}, "
-            f"{args.torch_threads} and {args.warmup}"
+            f"--reps, --torch-threads and --unroll must be >= 1 and --warmup >= 0, got "
+            f"{args.reps}, {args.torch_threads}, {args.unroll} and {args.warmup}"
         )
     return args
 
@@ -101,7 +113,7 @@ def round_robin(
 
 
 def build_models(
-    config: Config, frameworks: list[str], torch_device: str, notes: list[str]
+    config: Config, frameworks: list[str], torch_device: str, unrolls: list[int], notes: list[str]
 ) -> dict[str, Model]:
     """Compile and warm every framework's model of ``config``; failures become notes."""
     rng = np.random.default_rng(SEED)
@@ -133,6 +145,10 @@ def build_models(
             builders["jrnn-scan"] = lambda: models.jrnn_model(
                 spec, params, jnp.asarray(x), {"kernel": False}
             )
+        for unroll in unrolls:  # the scan path: the compiled recurrence has no unroll
+            builders[f"jrnn-unroll{unroll}"] = lambda unroll=unroll: models.jrnn_model(
+                spec, params, jnp.asarray(x), {"kernel": False, "unroll": unroll}
+            )
     if "torch" in frameworks:
         builders["torch"] = lambda: peers.torch_model(module, x)
     if "flax" in frameworks:
@@ -160,7 +176,7 @@ def bench_config(
         the times (ms) of the ``peak`` matmul, run as one more task in every repetition.
     """
     print(f"{config.name}: compiling ({config.describe()})", file=sys.stderr, flush=True)
-    built = build_models(config, frameworks, torch_device, report.notes)
+    built = build_models(config, frameworks, torch_device, args.unroll, report.notes)
     tasks = {(name, kind): getattr(m, kind) for name, m in built.items() for kind in KINDS}
     runs = round_robin({**tasks, ("matmul", "peak"): peak}, args.reps, args.warmup)
     reference = built["torch"].output if "torch" in built else None

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from jrnn import kernel as compiled
 from jrnn.cells import Cell, Params, affine, einsum
-from jrnn.sequence import reverse_valid, valid_mask
+from jrnn.sequence import default_unroll, reverse_valid, valid_mask
 
 
 def _reverse(x: jax.Array, lengths: jax.Array | None) -> jax.Array:
@@ -159,7 +159,7 @@ def layer(
     h0: Any,
     *,
     lengths: jax.Array | None = None,
-    unroll: int | bool = 1,
+    unroll: int | bool | None = None,
     remat: int | None = None,
     matmul_dtype: Any = None,
     kernel: bool | None = None,
@@ -172,7 +172,7 @@ def layer(
         xs: `(T, B, D)` time-major inputs.
         h0: the layer's initial carry, leaves `(k, B, ...)`.
         lengths: optional `(B,)` valid lengths.
-        unroll: ``jax.lax.scan`` unrolling.
+        unroll: ``jax.lax.scan`` unrolling; None: :func:`jrnn.sequence.default_unroll`.
         remat: recompute activations in chunks of this many steps during the backward pass.
         matmul_dtype: round the matmul operands to this dtype (e.g. ``jnp.bfloat16``), with
             products accumulated in ``xs``'s dtype; None keeps every matmul in ``xs``'s dtype.
@@ -185,6 +185,8 @@ def layer(
     """
     steps, batch = xs.shape[0], xs.shape[1]
     k = len(params)
+    if unroll is None:
+        unroll = default_unroll()
     use_kernel = _use_kernel(kernel, cell, params, xs, matmul_dtype)
     p = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params)
     inputs = (xs,) if k == 1 else (xs, _reverse(xs, lengths))

@@ -119,7 +119,7 @@ class _Stack:
         *,
         lengths: jax.Array | None = None,
         dropout_key: jax.Array | None = None,
-        unroll: int | bool = 1,
+        unroll: int | bool | None = None,
         remat: int | None = None,
         matmul_dtype: Any = None,
         kernel: bool | None = None,
@@ -134,7 +134,8 @@ class _Stack:
             lengths: optional `(B,)` integer lengths in ``[1, T]``: steps past a sequence's end
                 are padding, as with PyTorch's packed sequences.
             dropout_key: a PRNG key turns on dropout between layers (training); None for none.
-            unroll: scan unrolling, a speed knob that does not change the result.
+            unroll: scan unrolling, a speed knob that does not change the result; None picks
+                one per backend (:func:`jrnn.sequence.default_unroll`: 16 on GPU, else 1).
             remat: for long sequences: recompute activations in chunks of ``remat`` steps
                 during the backward pass, so memory grows as ``T / remat + remat`` rather than
                 ``T`` (``remat`` near ``sqrt(T)`` is best); the result is unchanged.

@@ -24,6 +24,17 @@ import jax.numpy as jnp
 
 from jrnn.cells import Carry, Cell, Params
 
+# The scan's unroll when none is given, by backend. On an H200 unroll 16 ran the LSTM train step
+# (B=32, T=128, H=256) in 2.9 ms against 5.4 ms with unroll 1: each loop iteration has a fixed
+# cost of microseconds there. On CPU the step is compute-bound and unrolling only adds compile
+# time.
+UNROLL = {"gpu": 16}
+
+
+def default_unroll() -> int:
+    """The scan unrolling used when ``unroll`` is None: ``UNROLL`` of the default backend, or 1."""
+    return UNROLL.get(jax.default_backend(), 1)
+
 
 def valid_mask(lengths: jax.Array, steps: int) -> jax.Array:
     """`(T, B)` booleans, true where step ``t`` is inside sequence ``b`` (``t < lengths[b]``)."""
@@ -49,7 +60,7 @@ def scan(
     *,
     lengths: jax.Array | None = None,
     reverse: bool = False,
-    unroll: int | bool = 1,
+    unroll: int | bool | None = None,
 ) -> tuple[Carry, jax.Array]:
     """Run ``cell`` over time: the reference path, one ``cell.recur`` per step.
 
@@ -62,11 +73,13 @@ def scan(
         carry: initial state (leaves `(B, H)`); zeros when None.
         lengths: optional `(B,)` integer valid lengths, each in ``[1, T]``.
         reverse: run from the last (valid) step to the first.
-        unroll: passed to ``jax.lax.scan``.
+        unroll: passed to ``jax.lax.scan``; None: :func:`default_unroll`.
 
     Returns:
         ``(carry, ys)``: the final state and the outputs `(T, B, H_out)`, in input order.
     """
+    if unroll is None:
+        unroll = default_unroll()
     if carry is None:
         carry = cell.zero_carry(params, xs.shape[1:-1], xs.dtype)
     gx = cell.project(params, xs)

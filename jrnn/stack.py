@@ -82,7 +82,7 @@ def apply(
     lengths: jax.Array | None = None,
     dropout_rate: float = 0.0,
     dropout_key: jax.Array | None = None,
-    unroll: int | bool = 1,
+    unroll: int | bool | None = None,
     remat: int | None = None,
     matmul_dtype: Any = None,
     kernel: bool | None = None,
@@ -97,7 +97,7 @@ def apply(
         lengths: optional `(B,)` valid lengths (see :func:`jrnn.sequence.scan`).
         dropout_rate: dropout on each layer's output except the last's.
         dropout_key: dropout is applied only when a key is given (training).
-        unroll: passed to ``jax.lax.scan``.
+        unroll: passed to ``jax.lax.scan``; None: :func:`jrnn.sequence.default_unroll`.
         remat: recompute activations in chunks of ``remat`` steps in the backward pass
             (memory about ``T / remat + remat`` steps' worth instead of ``T``).
         matmul_dtype: round matmul operands to this dtype (see :func:`jrnn.fused.layer`).

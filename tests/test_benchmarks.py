@@ -25,13 +25,15 @@ def bench(monkeypatch):
 
 def test_quick_run_has_every_framework_and_matches_torch(bench, tmp_path):
     out = tmp_path / "table.md"
-    argv = ["--quick", "--configs", "lstm", "--reps", "1", "--warmup", "0", "--out", str(out)]
+    argv = ["--quick", "--configs", "lstm", "--reps", "1", "--warmup", "0", "--unroll", "3"]
+    argv += ["--out", str(out)]
     bench.run.main(argv)
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["notes"] == []  # no framework failed
     rows = {row["framework"]: row for row in data["rows"]}
     compiled = bench.models.compiled_recurrence("cpu")  # then the scan path is timed too
-    assert set(rows) == {"jrnn", "torch", "flax"} | ({"jrnn-scan"} if compiled else set())
+    expected = {"jrnn", "jrnn-unroll3", "torch", "flax"} | ({"jrnn-scan"} if compiled else set())
+    assert set(rows) == expected
     for jrnn_row in (name for name in rows if name.startswith("jrnn")):
         assert rows[jrnn_row]["check_passed"] is True
         assert rows[jrnn_row]["max_diff"] <= 1e-4

@@ -12,7 +12,7 @@ import pytest
 from jax.test_util import check_grads
 
 import jrnn
-from jrnn import cells, stack
+from jrnn import cells, sequence, stack
 from jrnn.sequence import reverse_valid
 
 CELLS = [cells.RNN_TANH, cells.RNN_RELU, cells.LSTM, cells.GRU]
@@ -281,6 +281,42 @@ def test_remat_bounds_saved_activations():
         return f.lower(params).compile().memory_analysis().temp_size_in_bytes
 
     assert temp_bytes(32) < 0.5 * temp_bytes(None)
+
+
+def _scan_unrolls(fn, *args):
+    return [
+        e.params["unroll"] for e in jax.make_jaxpr(fn)(*args).eqns if e.primitive.name == "scan"
+    ]
+
+
+def test_unroll_none_is_chosen_per_backend(monkeypatch):
+    spec = jrnn.GRU(3, 4, num_layers=2, bidirectional=True)
+    params = spec.init(jax.random.key(0))
+    x = jnp.zeros((2, 5, 3))
+    assert sequence.default_unroll() == sequence.UNROLL.get(jax.default_backend(), 1)
+    monkeypatch.setitem(sequence.UNROLL, jax.default_backend(), 5)
+
+    def scan_path(params, x, **options):
+        return spec.apply(params, x, kernel=False, **options)[0]
+
+    assert _scan_unrolls(scan_path, params, x) == [5, 5]  # one scan per layer
+    assert _scan_unrolls(functools.partial(scan_path, unroll=2), params, x) == [2, 2]
+    assert _scan_unrolls(lambda p, x: jrnn.scan(cells.GRU, p, x)[1], params[0][0], x) == [5]
+
+
+def test_unrolled_scan_changes_nothing():
+    spec = jrnn.LSTM(3, 4, bidirectional=True)
+    params = spec.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (3, 21, 3))
+    lengths = jnp.array([21, 9, 2])
+
+    def loss(params, x, unroll):
+        out, (h, c) = spec.apply(params, x, lengths=lengths, unroll=unroll, kernel=False)
+        return jnp.sum(out * jnp.sin(out)) + jnp.sum(h) + jnp.sum(c)
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
+    close = functools.partial(np.testing.assert_allclose, atol=1e-5, rtol=1e-5)
+    jax.tree.map(close, grad(params, x, 16), grad(params, x, 1))
 
 
 def test_forward_mode_autodiff():
