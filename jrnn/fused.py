@@ -24,6 +24,7 @@ plain row-major `(R, ...)` and the batched matmul is a reshape away: gate pre-ac
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -97,11 +98,14 @@ def _project(p: Params, xs: tuple[jax.Array, ...], matmul_dtype: Any) -> jax.Arr
     return gx[0] if len(gx) == 1 else jnp.concatenate(gx, axis=1)
 
 
-def _forward(cell: Cell, unroll, matmul_dtype, use_kernel, p: Params, xs, h0, c0, mask):
-    """Project the inputs of every direction, then loop over time from the carry ``(h0, c0)``."""
+def _forward(cell: Cell, unroll, matmul_dtype, p: Params, xs, carry, mask):
+    """The scan path: project the inputs of every direction, then scan from ``carry``.
+
+    ``xs`` holds one `(T, B, D)` input per direction (the reverse one already time-reversed),
+    ``carry`` is ``(h0, c0)`` with leaves `(R, ...)`, ``mask`` `(T, R)` or None.
+    Returns ``(ys (T, R, H_out), carry)``.
+    """
     gx = _project(p, xs, matmul_dtype)
-    if use_kernel:
-        return compiled.recurrence(cell.name, gx, p["weight_hh"], p.get("bias_hh"), h0, c0, mask)
     rec = {name: p[name] for name in ("weight_hh", "bias_hh") if name in p}
     w_hr = p.get("weight_hr")
 
@@ -111,36 +115,57 @@ def _forward(cell: Cell, unroll, matmul_dtype, use_kernel, p: Params, xs, h0, c0
         gh_t = _recurrent(rec, h, matmul_dtype)
         return _step(cell, w_hr, matmul_dtype, gx_t, gh_t, h, c, keep)
 
-    (h, c), ys = _scan_ahead(body, (h0, c0), (gx, mask), unroll=unroll)
-    return ys, h, c
+    carry, ys = _scan_ahead(body, carry, (gx, mask), unroll=unroll)
+    return ys, carry
 
 
-def _chunked(cell: Cell, unroll, matmul_dtype, use_kernel, remat: int, p: Params, xs, h0, c0, mask):
-    """:func:`_forward` in chunks of ``remat`` steps under ``jax.checkpoint``.
+def _compiled(cell: Cell, p: Params, reverse: tuple[bool, ...], xs, carry, mask):
+    """The compiled path: every direction's input projection as one matmul, then the loop in C++.
+
+    ``xs`` `(T, B, D)` as given (a reverse direction runs backwards in time inside the call),
+    ``carry`` ``(h0, c0)`` with leaves `(k, B, H)`, ``mask`` `(T, B)` or None.
+    Returns ``(ys (T, B, k*H), carry)``.
+    """
+    k, gh, d_in = p["weight_ih"].shape
+    bias = p["bias_ih"].reshape(k * gh) if "bias_ih" in p else None
+    gx = affine(xs, p["weight_ih"].reshape(k * gh, d_in), bias)
+    ys, h, c = compiled.recurrence(
+        cell.name, gx, p["weight_hh"], p.get("bias_hh"), *carry, mask, reverse
+    )
+    return ys, (h, c)
+
+
+def _chunked(forward, remat: int, xs, carry, mask, rows: int, reverse: bool = False):
+    """``forward(xs, carry, mask) -> (ys, carry)`` in chunks of ``remat`` steps under
+    ``jax.checkpoint``, the chunks in reverse order when ``reverse``.
 
     Only the carries between chunks are saved; the backward pass recomputes each chunk, input
-    projection included, so no `(T, ...)` array wider than the inputs is kept.
+    projection included, so no `(T, ...)` array wider than the inputs is kept. ``xs`` is a
+    pytree of `(T, ...)` arrays; ``mask`` `(T, rows)` or None; padding steps are masked.
     """
-    steps = xs[0].shape[0]
+    steps = jax.tree.leaves(xs)[0].shape[0]
     chunks = -(-steps // remat)
     pad = chunks * remat - steps
     if pad:
         if mask is None:
-            mask = jnp.ones((steps, h0.shape[0]), bool)
-        xs = tuple(jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) for x in xs)
-        mask = jnp.concatenate([mask, jnp.zeros((pad, mask.shape[1]), bool)])
+            mask = jnp.ones((steps, rows), bool)
+        xs = jax.tree.map(
+            lambda x: jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]), xs
+        )
+        mask = jnp.concatenate([mask, jnp.zeros((pad, rows), bool)])
 
     def split(a):
-        return None if a is None else a.reshape(chunks, remat, *a.shape[1:])
+        return a.reshape(chunks, remat, *a.shape[1:])
 
     @jax.checkpoint
     def body(carry, chunk):
         xs_chunk, mask_chunk = chunk
-        ys, h, c = _forward(cell, unroll, matmul_dtype, use_kernel, p, xs_chunk, *carry, mask_chunk)
-        return (h, c), ys
+        ys, carry = forward(xs_chunk, carry, mask_chunk)
+        return carry, ys
 
-    (h, c), ys = jax.lax.scan(body, (h0, c0), (tuple(map(split, xs)), split(mask)))
-    return ys.reshape(chunks * remat, *ys.shape[2:])[:steps], h, c
+    chunked = (jax.tree.map(split, xs), None if mask is None else split(mask))
+    carry, ys = jax.lax.scan(body, carry, chunked, reverse=reverse)
+    return ys.reshape(chunks * remat, *ys.shape[2:])[:steps], carry
 
 
 def _use_kernel(kernel: bool | None, cell: Cell, params, xs, matmul_dtype) -> bool:
@@ -183,22 +208,46 @@ def layer(
     Returns:
         ``(ys, carry)``: `ys (T, B, k*H_out)` and the final carry, leaves `(k, B, ...)`.
     """
-    steps, batch = xs.shape[0], xs.shape[1]
-    k = len(params)
-    if unroll is None:
-        unroll = default_unroll()
-    use_kernel = _use_kernel(kernel, cell, params, xs, matmul_dtype)
     p = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params)
-    inputs = (xs,) if k == 1 else (xs, _reverse(xs, lengths))
-    mask = None if lengths is None else jnp.tile(valid_mask(lengths, steps), (1, k))
-    rows = jax.tree.map(lambda a: a.reshape(k * batch, *a.shape[2:]), h0)
-    h0, c0 = rows if cell.has_cell_state else (rows, None)
-    if remat:
-        ys, h, c = _chunked(cell, unroll, matmul_dtype, use_kernel, remat, p, inputs, h0, c0, mask)
+    mask = None if lengths is None else valid_mask(lengths, xs.shape[0])
+    carry = (h0, None) if not cell.has_cell_state else h0
+    if _use_kernel(kernel, cell, params, xs, matmul_dtype):
+        ys, (h, c) = _compiled_layer(cell, p, xs, carry, mask, remat)
     else:
-        ys, h, c = _forward(cell, unroll, matmul_dtype, use_kernel, p, inputs, h0, c0, mask)
+        ys, (h, c) = _scan_layer(cell, p, xs, carry, lengths, mask, remat, unroll, matmul_dtype)
+    return ys, ((h, c) if cell.has_cell_state else h)
+
+
+def _compiled_layer(cell: Cell, p: Params, xs, carry, mask, remat):
+    """:func:`layer` on the compiled path: ys `(T, B, k*H)`, carry leaves `(k, B, H)`."""
+    reverse = (False, True)[: p["weight_hh"].shape[0]]
+    if not remat:
+        return _compiled(cell, p, reverse, xs, carry, mask)
+    # chunks of one direction at a time: a reverse direction takes its chunks last to first
+    results = []
+    for j, flag in enumerate(reverse):
+        pj = jax.tree.map(lambda a, j=j: a[j : j + 1], p)
+        cj = jax.tree.map(lambda a, j=j: a[j : j + 1], carry)
+        forward = functools.partial(_compiled, cell, pj, (flag,))
+        results.append(_chunked(forward, remat, xs, cj, mask, xs.shape[1], reverse=flag))
+    ys = jnp.concatenate([ys for ys, _ in results], axis=-1)
+    return ys, jax.tree.map(lambda *a: jnp.concatenate(a), *[c for _, c in results])
+
+
+def _scan_layer(cell: Cell, p: Params, xs, carry, lengths, mask, remat, unroll, matmul_dtype):
+    """:func:`layer` on the scan path: the directions as `R = k * B` rows of one scan."""
+    steps, batch = xs.shape[0], xs.shape[1]
+    k = p["weight_hh"].shape[0]
+    unroll = default_unroll() if unroll is None else unroll
+    inputs = (xs,) if k == 1 else (xs, _reverse(xs, lengths))
+    mask = None if mask is None else jnp.tile(mask, (1, k))
+    rows = jax.tree.map(lambda a: a.reshape(k * batch, *a.shape[2:]), carry)
+    forward = functools.partial(_forward, cell, unroll, matmul_dtype, p)
+    if remat:
+        ys, rows = _chunked(forward, remat, inputs, rows, mask, k * batch)
+    else:
+        ys, rows = forward(inputs, rows, mask)
     if k == 2:
         ys = ys.reshape(steps, 2, batch, -1)
         ys = jnp.concatenate([ys[:, 0], _reverse(ys[:, 1], lengths)], axis=-1)
-    final = jax.tree.map(lambda a: a.reshape(k, batch, *a.shape[1:]), (h, c))
-    return ys, (final if cell.has_cell_state else final[0])
+    return ys, jax.tree.map(lambda a: a.reshape(k, batch, *a.shape[1:]), rows)

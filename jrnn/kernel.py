@@ -86,43 +86,70 @@ def recurrence(
     h0: jax.Array,
     c0: jax.Array | None,
     mask: jax.Array | None,
+    reverse: tuple[bool, ...],
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """The loop over time of :func:`jrnn.fused.layer`, compiled.
 
-    Rows are ``R = k * B``: ``k`` directions stacked along the batch, direction-major, each
-    direction on its own weights (the reverse direction already reads time-reversed inputs).
+    ``k`` directions, each on its own weights, all in real time: a direction with ``reverse``
+    set runs from the last step back to the first (with ``mask``, from each sequence's last
+    valid step), reading and writing the same time-ordered arrays as the others. So ``gx`` is
+    one matmul over every direction's input weights and ``ys`` is the layer's output as it is.
 
     Args:
         cell_name: ``"RNN_TANH"``, ``"RNN_RELU"``, ``"LSTM"`` or ``"GRU"``.
-        gx: `(T, R, G*H)` input half of the gates, ``x @ weight_ih.T + bias_ih`` per step.
+        gx: `(T, B, k*G*H)` input half of the gates, ``x @ weight_ih.T + bias_ih`` per step
+            and direction (direction-major along the last axis).
         weight_hh: `(k, G*H, H)`.
         bias_hh: `(k, G*H)`, or None for no bias.
-        h0: `(R, H)` initial hidden state.
-        c0: `(R, H)` initial cell state (LSTM), else None.
-        mask: optional `(T, R)` bool, False past a row's length: there the carry is kept and
-            the output is zero.
+        h0: `(k, B, H)` initial hidden state.
+        c0: `(k, B, H)` initial cell state (LSTM), else None.
+        mask: optional `(T, B)` bool, False past a sequence's length: there the carry is kept
+            and the output is zero.
+        reverse: ``k`` bools, True for a direction that runs backwards in time.
 
     Returns:
-        ``(ys, h, c)``: outputs `(T, R, H)`, final `h (R, H)` and (LSTM, else None) `c (R, H)`.
+        ``(ys, h, c)``: outputs `(T, B, k*H)`, final `h (k, B, H)` and (LSTM, else None)
+        `c (k, B, H)`.
     """
     if cell_name not in _CODES:
         raise ValueError(f"cell_name: expected one of {sorted(_CODES)}, got {cell_name!r}")
     if not available():
         raise RuntimeError("the compiled library jrnn._recurrence was not built (see setup.py)")
+    k, gh, hidden = weight_hh.shape
+    steps, batch = gx.shape[:2]
+    if gx.shape[2:] != (k * gh,):
+        raise ValueError(
+            f"gx: expected (T, B, {k * gh}) for weight_hh {weight_hh.shape}, got {gx.shape}"
+        )
+    if len(reverse) != k:
+        raise ValueError(f"reverse: expected one flag per direction ({k}), got {reverse!r}")
     code = _CODES[cell_name]
+    bits = sum(1 << j for j, flag in enumerate(reverse) if flag)
     if bias_hh is None:
-        bias_hh = jnp.zeros(weight_hh.shape[:2], gx.dtype)
-    keep = jnp.ones(gx.shape[:2], jnp.uint8) if mask is None else mask.astype(jnp.uint8)
-    hs, aux = _loop(code, gx, weight_hh, bias_hh, h0, h0 if c0 is None else c0, keep)
-    ys = hs if mask is None else jnp.where(mask[..., None], hs, 0.0)
-    return ys, hs[-1], (aux[-1] if code == _CODES["LSTM"] else None)
+        bias_hh = jnp.zeros((k, gh), gx.dtype)
+    keep = jnp.ones((steps, batch), jnp.uint8) if mask is None else mask.astype(jnp.uint8)
+    rows = (k * batch, hidden)  # the carry, direction-major
+    c0 = h0 if c0 is None else c0
+    hs, aux = _loop(
+        code, bits, gx.reshape(steps, batch * k, gh), weight_hh, bias_hh, h0.reshape(rows),
+        c0.reshape(rows), keep,
+    )  # fmt: skip
+    ys = hs.reshape(steps, batch, k * hidden)
+    if mask is not None:
+        ys = jnp.where(mask[..., None], ys, 0.0)
+
+    def final(a):  # the carry after each direction's last step (time 0 for a reverse one)
+        a = a.reshape(steps, batch, k, hidden)
+        return jnp.stack([a[0 if flag else -1, :, j] for j, flag in enumerate(reverse)])
+
+    return ys, final(hs), (final(aux) if code == _CODES["LSTM"] else None)
 
 
 def _dummy() -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct((1,), jnp.float32)
 
 
-def _call_forward(code, gx, w, b, h0, c0, keep):
+def _call_forward(code, bits, gx, w, b, h0, c0, keep):
     """``(hs, aux, act)``; act (RNN: hs) takes over gx's buffer, which nothing else reads."""
     steps, rows, hidden = gx.shape[0], gx.shape[1], w.shape[2]
     gated = code in (_CODES["LSTM"], _CODES["GRU"])
@@ -135,25 +162,26 @@ def _call_forward(code, gx, w, b, h0, c0, keep):
         vmap_method="sequential",
         input_output_aliases={0: 2 if gated else 0},
     )
-    return call(gx, w, b, h0, c0, keep, cell=np.int32(code))
+    return call(gx, w, b, h0, c0, keep, cell=np.int32(code), reverse=np.int32(bits))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _loop(code, gx, w, b, h0, c0, keep):
-    hs, aux, _ = _call_forward(code, gx, w, b, h0, c0, keep)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _loop(code, bits, gx, w, b, h0, c0, keep):
+    hs, aux, _ = _call_forward(code, bits, gx, w, b, h0, c0, keep)
     return hs, aux  # aux is LSTM's cell state; for the other cells, unused
 
 
-def _loop_fwd(code, gx, w, b, h0, c0, keep):
-    hs, aux, act = _call_forward(code, gx, w, b, h0, c0, keep)
+def _loop_fwd(code, bits, gx, w, b, h0, c0, keep):
+    hs, aux, act = _call_forward(code, bits, gx, w, b, h0, c0, keep)
     return (hs, aux), (w, h0, c0, keep, hs, aux, act)
 
 
-def _loop_bwd(code, residuals, cotangents):
+def _loop_bwd(code, bits, residuals, cotangents):
     w, h0, c0, keep, hs, aux, act = residuals
     dhs, daux = cotangents
     k, gh, hidden = w.shape
     steps, rows = hs.shape[:2]
+    batch = rows // k
     gru = code == _CODES["GRU"]
     outputs = (
         jax.ShapeDtypeStruct((steps, rows, gh), jnp.float32),
@@ -166,15 +194,20 @@ def _loop_bwd(code, residuals, cotangents):
     call = jax.ffi.ffi_call(
         "jrnn_recurrence_bwd", outputs, vmap_method="sequential", input_output_aliases=aliases
     )
-    dgx, drec, dh0, dc0 = call(w, h0, c0, keep, hs, aux, act, dhs, daux, cell=np.int32(code))
+    dgx, drec, dh0, dc0 = call(
+        w, h0, c0, keep, hs, aux, act, dhs, daux, cell=np.int32(code), reverse=np.int32(bits)
+    )
     # the recurrent half's cotangent: for GRU, n's block is r * (W_hn h + b_hn)'s
     dgh = jnp.concatenate([dgx[..., : 2 * hidden], drec], -1) if gru else dgx
-    h_prev = jnp.concatenate([h0[None], hs[:-1]])
-    per_dir = (steps, k, rows // k)
-    dgh = dgh.reshape(*per_dir, gh)
-    dw = jnp.einsum("tkbg,tkbh->kgh", dgh, h_prev.reshape(*per_dir, hidden))
-    db = dgh.sum(axis=(0, 2))
-    return dgx, dw, db, dh0, dc0, None
+    dgh = dgh.reshape(steps, batch, k, gh)
+    hs = hs.reshape(steps, batch, k, hidden)
+    h0 = h0.reshape(k, 1, batch, hidden)
+    dw, db = [], []
+    for j in range(k):  # dW_hh = sum over steps of dgh_t^T h_prev, h_prev in the direction's order
+        h_prev = (hs[1:, :, j], h0[j]) if bits >> j & 1 else (h0[j], hs[:-1, :, j])
+        dw.append(jnp.einsum("tbg,tbh->gh", dgh[:, :, j], jnp.concatenate(h_prev)))
+        db.append(dgh[:, :, j].sum(axis=(0, 1)))
+    return dgx, jnp.stack(dw), jnp.stack(db), dh0, dc0, None
 
 
 _loop.defvjp(_loop_fwd, _loop_bwd)

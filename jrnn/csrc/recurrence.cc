@@ -6,13 +6,17 @@
 // matmul each). The math is `jrnn.cells`'s, in PyTorch's layout; `jrnn.fused` is the pure-JAX
 // path these calls are tested against.
 //
-// Shapes (float32 unless noted): T steps, R = k * B rows (k directions, direction-major), H
-// hidden units, G gates (1 RNN, 4 LSTM i f g o, 3 GRU r z n).
+// Shapes (float32 unless noted): T steps, B batch, k directions, R = B * k rows, H hidden units,
+// G gates (1 RNN, 4 LSTM i f g o, 3 GRU r z n). Arrays over time are (T, B, k, ...) seen as
+// (T, R, ...): a row is (batch b, direction j), row b * k + j, and time is real time, also for
+// a direction that runs backwards (bit j of the attribute `reverse` set: it goes from t = T - 1
+// down to 0). So the input projection of all directions is one matmul before the call, and hs
+// is the layer's output as it is: no flips, no concatenations.
 //   forward  in:  gx (T, R, G*H)   input half x @ weight_ih.T + bias_ih, per step
 //                 w (k, G*H, H)    weight_hh per direction
 //                 b (k, G*H)       bias_hh per direction (zeros without bias)
-//                 h0, c0 (R, H)    initial carry (c0 unused but for LSTM)
-//                 mask (T, R) u8   1 where a row's step is valid; else the carry is kept
+//                 h0, c0 (k*B, H)  initial carry, direction-major (c0 unused but for LSTM)
+//                 mask (T, B) u8   1 where a sequence's step is valid; else the carry is kept
 //           out:  hs (T, R, H)     the carry h after every step
 //                 aux (T, R, H)    LSTM: the carry c; GRU: n's recurrent half; RNN: (1,)
 //                 act (T, R, G*H)  LSTM, GRU: the gates after their activations; RNN: (1,)
@@ -20,13 +24,13 @@
 //                 cotangents of hs and aux (dcs read for LSTM only)
 //           out:  dgx (T, R, G*H)  cotangent of gx
 //                 drec (T, R, H)   GRU: cotangent of n's recurrent half; else (1,)
-//                 dh0, dc0 (R, H)  cotangents of h0 and c0 (dc0 zero but for LSTM)
+//                 dh0, dc0 (k*B, H) cotangents of h0 and c0 (dc0 zero but for LSTM)
 // The caller lets act (RNN: hs) overwrite gx, dgx act (RNN: dhs) and drec aux: each of those
 // inputs is read, lane by lane, before the output that takes its place is written, and none is
 // needed afterwards. That spares a 16 MB buffer and its cache misses per LSTM layer and call.
 //
 // Work split: a work item is (direction, panel of 32 hidden units); a unit of work is an item's
-// block of up to 16 rows. Its thread computes the unit's gate columns of the recurrent matmul
+// block of up to 16 sequences of the batch. Its thread computes the unit's gate columns of the recurrent matmul
 // (a register-tiled kernel over weights packed once per call) and the elementwise gate math of
 // those units, so each step needs a single barrier: all of h (forward) or of the gate
 // cotangents (backward) must be written before any thread starts the next step's matmul.
@@ -109,10 +113,16 @@ inline vf Tanh(vf x) {
 // Shapes shared by both directions of the computation.
 
 struct Dims {
-  int32_t cell;
+  int32_t cell, reverse;  // reverse: bit j set when direction j runs from the last step back
   int64_t steps, rows, dirs, batch, hidden, gates;
   int64_t panels() const { return (hidden + kPanel - 1) / kPanel; }
   int64_t gh() const { return gates * hidden; }
+  // The time that direction j is at in its step s.
+  int64_t Time(int64_t s, int64_t j) const { return (reverse >> j) & 1 ? steps - 1 - s : s; }
+  // The row of sequence b, direction j, in arrays over time (T, R, ...).
+  int64_t Row(int64_t b, int64_t j) const { return b * dirs + j; }
+  // The row of sequence b, direction j, in h0, c0, dh0 and dc0 (k*B, H).
+  int64_t CarryRow(int64_t b, int64_t j) const { return j * batch + b; }
 };
 
 // Threads to use: all cores, unless the call's matmuls are under 400 MFLOP (a few ms on one
@@ -126,20 +136,20 @@ int64_t Cores(const Dims& d) {
 }
 
 // A work item: one direction's panel of hidden units [u0, u0 + nu), whose weights are packed
-// together; its rows are the direction's [row0, row0 + batch).
+// together.
 struct Item {
-  int64_t index, dir, u0, nu, row0;
+  int64_t index, dir, u0, nu;
 };
 
 Item ItemAt(const Dims& d, int64_t i) {
   int64_t dir = i / d.panels(), u0 = (i % d.panels()) * kPanel;
-  return {i, dir, u0, std::min<int64_t>(kPanel, d.hidden - u0), dir * d.batch};
+  return {i, dir, u0, std::min<int64_t>(kPanel, d.hidden - u0)};
 }
 
-// A unit of one step's work: an item's rows [r0, r0 + m), m <= kUnitRows.
+// A unit of one step's work: an item's sequences [b0, b0 + m), m <= kUnitRows.
 struct Unit {
   Item it;
-  int64_t r0;
+  int64_t b0;
   int m;
 };
 
@@ -150,14 +160,15 @@ int64_t Units(const Dims& d) { return d.dirs * d.panels() * Blocks(d); }
 Unit UnitAt(const Dims& d, int64_t u) {
   const Item it = ItemAt(d, u / Blocks(d));
   const int64_t first = (u % Blocks(d)) * kUnitRows;
-  return {it, it.row0 + first, static_cast<int>(std::min<int64_t>(kUnitRows, d.batch - first))};
+  return {it, first, static_cast<int>(std::min<int64_t>(kUnitRows, d.batch - first))};
 }
 
-// The item's lanes of a row of the carry entering step t: `first` (h0 or c0) at t = 0, else the
-// step t - 1 slice of `all` (hs or the LSTM's cell states), arrays of (T, R, H).
-inline const float* Carry(const Dims& d, const float* first, const float* all, int64_t t,
-                          int64_t row, const Item& it) {
-  return (t == 0 ? first : all + (t - 1) * d.rows * d.hidden) + row * d.hidden + it.u0;
+// The item's lanes of sequence b's carry entering step s: `first` (h0 or c0, (k*B, H)) at
+// s = 0, else `all` (hs or the LSTM's cell states, (T, R, H)) at the time of step s - 1.
+inline const float* Carry(const Dims& d, const float* first, const float* all, int64_t s,
+                          int64_t b, const Item& it) {
+  if (s == 0) return first + d.CarryRow(b, it.dir) * d.hidden + it.u0;
+  return all + (d.Time(s - 1, it.dir) * d.rows + d.Row(b, it.dir)) * d.hidden + it.u0;
 }
 
 // Copies n <= 32 floats into a row of 32, zero-padded.
@@ -217,13 +228,13 @@ struct Forward {
   const uint8_t* mask;
   float *hs, *aux, *act;  // may alias gx (see the FFI handler)
 
-  // Asks for the unit's lines of step t + 1 to be brought into L2 for writing: gx (which act
+  // Asks for the unit's lines of step s + 1 to be brought into L2 for writing: gx (which act
   // overwrites), hs and aux. The gate math touches them right after the matmul, and their
   // short, row-strided runs escape the hardware prefetcher.
-  void Prefetch(int64_t t, const Unit& u) const {
-    const int64_t h = d.hidden, gh = d.gh();
-    for (int64_t row = u.r0; row < u.r0 + u.m; ++row) {
-      const int64_t at = (t + 1) * d.rows + row;
+  void Prefetch(int64_t s, const Unit& u) const {
+    const int64_t h = d.hidden, gh = d.gh(), time = d.Time(s + 1, u.it.dir);
+    for (int64_t seq = u.b0; seq < u.b0 + u.m; ++seq) {
+      const int64_t at = time * d.rows + d.Row(seq, u.it.dir);
       for (int64_t c = 0; c < u.it.nu; c += kLanes) {
         for (int64_t g = 0; g < d.gates; ++g) {
           __builtin_prefetch(gx + at * gh + g * h + u.it.u0 + c, 1, 2);
@@ -234,23 +245,26 @@ struct Forward {
     }
   }
 
-  // Step t of one unit: the matmul of its item's gate columns for its rows, then the gate
+  // Step s of one unit: the matmul of its item's gate columns for its rows, then the gate
   // math. packed: the item's weights; tiles: (gates, kUnitRows, 32).
-  void Step(int64_t t, const Unit& u, const float* packed, float* tiles) const {
-    const int64_t h = d.hidden;
-    const float* hprev = (t == 0 ? h0 : hs + (t - 1) * d.rows * h) + u.r0 * h;
-    if (t + 1 < d.steps) Prefetch(t, u);
+  void Step(int64_t s, const Unit& u, const float* packed, float* tiles) const {
+    const int64_t h = d.hidden, j = u.it.dir;
+    // h_prev of the unit's sequences: rows of h0 (stride H) or of hs (stride k*H)
+    const float* hprev = s == 0 ? h0 + d.CarryRow(u.b0, j) * h
+                                : hs + (d.Time(s - 1, j) * d.rows + d.Row(u.b0, j)) * h;
+    const int64_t lda = s == 0 ? h : d.dirs * h;
+    if (s + 1 < d.steps) Prefetch(s, u);
     for (int64_t g = 0; g < d.gates; ++g) {
-      Matmul(u.m, hprev, h, packed + g * h * kPanel, h, tiles + g * kUnitRows * kPanel);
+      Matmul(u.m, hprev, lda, packed + g * h * kPanel, h, tiles + g * kUnitRows * kPanel);
     }
-    for (int i = 0; i < u.m; ++i) Pointwise(t, u.it, u.r0 + i, tiles + i * kPanel);
+    for (int i = 0; i < u.m; ++i) Pointwise(s, u.it, u.b0 + i, tiles + i * kPanel);
   }
 
-  // The gate math of one row; gate g's matmul row is tile[g * kUnitRows * 32 ...].
-  void Pointwise(int64_t t, const Item& it, int64_t row, const float* tile) const {
-    const int64_t h = d.hidden, gh = d.gh(), at = t * d.rows + row;
-    const int64_t stride = kUnitRows * kPanel;
-    const bool keep = mask[at] != 0, lstm = d.cell == kLstm;
+  // The gate math of sequence seq; gate g's matmul row is tile[g * kUnitRows * 32 ...].
+  void Pointwise(int64_t s, const Item& it, int64_t seq, const float* tile) const {
+    const int64_t h = d.hidden, gh = d.gh(), time = d.Time(s, it.dir);
+    const int64_t at = time * d.rows + d.Row(seq, it.dir), stride = kUnitRows * kPanel;
+    const bool keep = mask[time * d.batch + seq] != 0, lstm = d.cell == kLstm;
     Lanes lanes(it.nu);
     // Every input is read before any output is written, lane by lane: the outputs may
     // overwrite gx (act, or hs for RNN).
@@ -260,8 +274,8 @@ struct Forward {
       x[g] = lanes.In(gx + at * gh + g * h + it.u0);
       bias[g] = lanes.In(b + it.dir * gh + g * h + it.u0);
     }
-    const float* hp = lanes.In(Carry(d, h0, hs, t, row, it));
-    if (lstm) cp = lanes.In(Carry(d, c0, aux, t, row, it));
+    const float* hp = lanes.In(Carry(d, h0, hs, s, seq, it));
+    if (lstm) cp = lanes.In(Carry(d, c0, aux, s, seq, it));
     float* h_out = lanes.Out(hs + at * h + it.u0);
     if (d.gates > 1) {
       aux_out = lanes.Out(aux + at * h + it.u0);
@@ -321,15 +335,18 @@ struct Backward {
   float *dh, *dc;        // the cotangent of the carry entering the present step
   float* dgh[2];         // GRU: cotangent of the recurrent half, by step parity
 
-  // Gate cotangents of the unit's rows at step t; leaves in dh / dc the part of the previous
-  // carry's cotangent that does not go through the matmul.
-  void Rows(int64_t t, const Unit& u) const {
-    for (int64_t row = u.r0; row < u.r0 + u.m; ++row) Row(t, u.it, row);
+  // Gate cotangents of the unit's sequences at step s; leaves in dh / dc the part of the
+  // previous carry's cotangent that does not go through the matmul.
+  void Rows(int64_t s, const Unit& u) const {
+    for (int64_t b = u.b0; b < u.b0 + u.m; ++b) Row(s, u.it, b);
   }
 
-  void Row(int64_t t, const Item& it, int64_t row) const {
-    const int64_t h = d.hidden, gh = d.gh(), at = t * d.rows + row, carry = row * h + it.u0;
-    const bool keep = mask[at] != 0, lstm = d.cell == kLstm, gru = d.cell == kGru;
+  void Row(int64_t s, const Item& it, int64_t b) const {
+    const int64_t h = d.hidden, gh = d.gh(), time = d.Time(s, it.dir);
+    const int64_t at = time * d.rows + d.Row(b, it.dir), row = d.CarryRow(b, it.dir);
+    const int64_t carry = row * h + it.u0;
+    const bool keep = mask[time * d.batch + b] != 0, lstm = d.cell == kLstm;
+    const bool gru = d.cell == kGru;
     Lanes lanes(it.nu);
     // As in the forward pass, every input is read before any output is written, lane by lane.
     const float *a[4] = {}, *c = nullptr, *cp = nullptr, *g_c_in = nullptr, *dc_in = nullptr;
@@ -340,9 +357,9 @@ struct Backward {
       g_c_in = lanes.In(dcs + at * h + it.u0);
       dc_in = lanes.In(dc + carry);
       c = lanes.In(aux + at * h + it.u0);
-      cp = lanes.In(Carry(d, c0, aux, t, row, it));
+      cp = lanes.In(Carry(d, c0, aux, s, b, it));
     } else if (gru) {
-      c = lanes.In(Carry(d, h0, hs, t, row, it));  // h_{t-1}
+      c = lanes.In(Carry(d, h0, hs, s, b, it));  // h_{t-1}
       a[3] = lanes.In(aux + at * h + it.u0);    // the recurrent half of n
     } else {
       c = lanes.In(hs + at * h + it.u0);
@@ -352,7 +369,7 @@ struct Backward {
     }
     for (int64_t g = 0; g < d.gates; ++g) {
       dgx_out[g] = lanes.Out(dgx + at * gh + g * h + it.u0);
-      if (gru) dgh_out[g] = lanes.Out(dgh[t & 1] + row * gh + g * h + it.u0);
+      if (gru) dgh_out[g] = lanes.Out(dgh[s & 1] + row * gh + g * h + it.u0);
     }
     if (gru) drec_out = lanes.Out(drec + at * h + it.u0);
     float* dh_out = lanes.Out(dh + carry);
@@ -403,13 +420,16 @@ struct Backward {
     lanes.Flush();
   }
 
-  // Adds the recurrent matmul's part, dgh_t @ w, to the unit's block of dh.
-  void AddRecurrent(int64_t t, const Unit& u, const float* packed, float* tile) const {
-    const int64_t h = d.hidden, gh = d.gh(), nu = u.it.nu;
-    const float* a = (d.cell == kGru ? dgh[t & 1] : dgx + t * d.rows * gh) + u.r0 * gh;
-    Matmul(u.m, a, gh, packed, gh, tile);
+  // Adds the recurrent matmul's part, dgh_s @ w, to the unit's block of dh.
+  void AddRecurrent(int64_t s, const Unit& u, const float* packed, float* tile) const {
+    const int64_t h = d.hidden, gh = d.gh(), nu = u.it.nu, j = u.it.dir;
+    // the unit's rows of dgh: GRU's scratch (k*B, G*H), else dgx (T, R, G*H)
+    const bool gru = d.cell == kGru;
+    const float* a = gru ? dgh[s & 1] + d.CarryRow(u.b0, j) * gh
+                         : dgx + (d.Time(s, j) * d.rows + d.Row(u.b0, j)) * gh;
+    Matmul(u.m, a, gru ? gh : d.dirs * gh, packed, gh, tile);
     for (int i = 0; i < u.m; ++i) {
-      float* dst = dh + (u.r0 + i) * h + u.it.u0;
+      float* dst = dh + d.CarryRow(u.b0 + i, j) * h + u.it.u0;
       const float* src = tile + i * kPanel;
       if (nu == kPanel) {
         for (int v = 0; v < kPanel; v += kLanes) Store(dst + v, Load(dst + v) + Load(src + v));
@@ -423,8 +443,8 @@ struct Backward {
 // ---------------------------------------------------------------------------------------------
 // FFI handlers.
 
-ffi::Error MakeDims(int32_t cell, ffi::Span<const int64_t> gx, ffi::Span<const int64_t> w,
-                    Dims* d) {
+ffi::Error MakeDims(int32_t cell, int32_t reverse, ffi::Span<const int64_t> gx,
+                    ffi::Span<const int64_t> w, Dims* d) {
   if (cell < kRnnTanh || cell > kGru) {
     return ffi::Error::InvalidArgument("jrnn recurrence: cell: expected 0..3, got " +
                                        std::to_string(cell));
@@ -439,7 +459,12 @@ ffi::Error MakeDims(int32_t cell, ffi::Span<const int64_t> gx, ffi::Span<const i
         "jrnn recurrence: expected w (k, G*H, H) and gx (T, k*B, G*H) with G = " +
         std::to_string(gates) + ", got w " + Shape(w) + " and gx " + Shape(gx));
   }
-  *d = Dims{cell, gx[0], gx[1], dirs, gx[1] / dirs, hidden, gates};
+  if (reverse < 0 || reverse >= (1 << dirs)) {
+    return ffi::Error::InvalidArgument("jrnn recurrence: reverse: expected a bit mask of " +
+                                       std::to_string(dirs) + " directions, got " +
+                                       std::to_string(reverse));
+  }
+  *d = Dims{cell, reverse, gx[0], gx[1], dirs, gx[1] / dirs, hidden, gates};
   return ffi::Error::Success();
 }
 
@@ -448,16 +473,17 @@ ffi::Error MakeDims(int32_t cell, ffi::Span<const int64_t> gx, ffi::Span<const i
 // caller may alias act (RNN: hs) to gx, whose every element is read before it is overwritten.
 ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
                       ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
-                      ffi::Buffer<ffi::U8> mask, int32_t cell, ffi::ResultBuffer<ffi::F32> hs,
-                      ffi::ResultBuffer<ffi::F32> aux, ffi::ResultBuffer<ffi::F32> act) {
+                      ffi::Buffer<ffi::U8> mask, int32_t cell, int32_t reverse,
+                      ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> aux,
+                      ffi::ResultBuffer<ffi::F32> act) {
   Dims d;
-  JRNN_CHECK(MakeDims(cell, gx.dimensions(), w.dimensions(), &d));
+  JRNN_CHECK(MakeDims(cell, reverse, gx.dimensions(), w.dimensions(), &d));
   const int64_t T = d.steps, R = d.rows, H = d.hidden;
   const bool gated = d.gates > 1;
   JRNN_CHECK(Expect("b", b.dimensions(), {d.dirs, d.gh()}));
   JRNN_CHECK(Expect("h0", h0.dimensions(), {R, H}));
   JRNN_CHECK(Expect("c0", c0.dimensions(), {R, H}));
-  JRNN_CHECK(Expect("mask", mask.dimensions(), {T, R}));
+  JRNN_CHECK(Expect("mask", mask.dimensions(), {T, d.batch}));
   JRNN_CHECK(Expect("hs", hs->dimensions(), {T, R, H}));
   JRNN_CHECK(gated ? Expect("aux", aux->dimensions(), {T, R, H})
                    : Expect("aux", aux->dimensions(), {1}));
@@ -476,10 +502,10 @@ ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w, ffi::Bu
     }
     team.Sync();
     float* tile = tiles.get() + me * d.gates * kUnitRows * kPanel;
-    for (int64_t t = 0; t < T; ++t) {
-      team.ForEach(me, t, [&](int64_t index) {
+    for (int64_t s = 0; s < T; ++s) {
+      team.ForEach(me, s, [&](int64_t index) {
         const Unit u = UnitAt(d, index);
-        f.Step(t, u, packed.get() + u.it.index * per_item, tile);
+        f.Step(s, u, packed.get() + u.it.index * per_item, tile);
       });
       team.Sync();
     }
@@ -495,16 +521,16 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::U8> mask,
                        ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> aux,
                        ffi::Buffer<ffi::F32> act, ffi::Buffer<ffi::F32> dhs,
-                       ffi::Buffer<ffi::F32> dcs, int32_t cell,
+                       ffi::Buffer<ffi::F32> dcs, int32_t cell, int32_t reverse,
                        ffi::ResultBuffer<ffi::F32> dgx, ffi::ResultBuffer<ffi::F32> drec,
                        ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
   Dims d;
-  JRNN_CHECK(MakeDims(cell, dgx->dimensions(), w.dimensions(), &d));
+  JRNN_CHECK(MakeDims(cell, reverse, dgx->dimensions(), w.dimensions(), &d));
   const int64_t T = d.steps, R = d.rows, H = d.hidden;
   const bool gated = d.gates > 1;
   JRNN_CHECK(Expect("h0", h0.dimensions(), {R, H}));
   JRNN_CHECK(Expect("c0", c0.dimensions(), {R, H}));
-  JRNN_CHECK(Expect("mask", mask.dimensions(), {T, R}));
+  JRNN_CHECK(Expect("mask", mask.dimensions(), {T, d.batch}));
   JRNN_CHECK(Expect("hs", hs.dimensions(), {T, R, H}));
   JRNN_CHECK(Expect("dhs", dhs.dimensions(), {T, R, H}));
   JRNN_CHECK(gated ? Expect("aux", aux.dimensions(), {T, R, H})
@@ -573,6 +599,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceForward, jrnn::ForwardFfi,
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // c0
                                   .Arg<xla::ffi::Buffer<xla::ffi::U8>>()   // mask
                                   .Attr<int32_t>("cell")
+                                  .Attr<int32_t>("reverse")
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // hs
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // aux
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>());  // act
@@ -589,6 +616,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceBackward, jrnn::BackwardFfi,
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // dhs
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // dcs
                                   .Attr<int32_t>("cell")
+                                  .Attr<int32_t>("reverse")
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dgx
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // drec
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dh0
