@@ -13,8 +13,9 @@ module computes the same function, shaped for speed:
   saved activations grow as ``T / remat + remat`` instead of ``T``.
 
 The gate math itself is ``cell.pointwise``, shared with the reference path. On CPU, float32
-layers hand the loop over time (after the projection) to the compiled recurrence of
-:mod:`jrnn.kernel` instead of the scan, unless ``kernel=False``.
+layers without a projection go to the compiled recurrence of :mod:`jrnn.kernel` instead
+(projection, loop and VJP; unless ``kernel=False``), where a reverse direction runs backwards in
+real time rather than on flipped inputs; under ``remat`` its chunks run one direction at a time.
 
 Shapes: ``k`` directions, time-major `xs (T, B, D)`. Inside the scan the directions are stacked
 along the batch as ``R = k * B`` rows (direction-major), so that every array the loop touches is
@@ -120,18 +121,12 @@ def _forward(cell: Cell, unroll, matmul_dtype, p: Params, xs, carry, mask):
 
 
 def _compiled(cell: Cell, p: Params, reverse: tuple[bool, ...], xs, carry, mask):
-    """The compiled path: every direction's input projection as one matmul, then the loop in C++.
-
-    ``xs`` `(T, B, D)` as given (a reverse direction runs backwards in time inside the call),
-    ``carry`` ``(h0, c0)`` with leaves `(k, B, H)`, ``mask`` `(T, B)` or None.
-    Returns ``(ys (T, B, k*H), carry)``.
+    """The compiled path (:func:`jrnn.kernel.layer`): ``xs`` `(T, B, D)` as given (a reverse
+    direction runs backwards in time inside the call), ``carry`` ``(h0, c0)`` with leaves
+    `(k, B, H)`, ``mask`` `(T, B)` or None. Returns ``(ys (T, B, k*H), carry)``.
     """
-    k, gh, d_in = p["weight_ih"].shape
-    bias = p["bias_ih"].reshape(k * gh) if "bias_ih" in p else None
-    gx = affine(xs, p["weight_ih"].reshape(k * gh, d_in), bias)
-    ys, h, c = compiled.recurrence(
-        cell.name, gx, p["weight_hh"], p.get("bias_hh"), *carry, mask, reverse
-    )
+    weights = [p.get(name) for name in ("weight_ih", "bias_ih", "weight_hh", "bias_hh")]
+    ys, h, c = compiled.layer(cell.name, xs, *weights, *carry, mask, reverse)
     return ys, (h, c)
 
 

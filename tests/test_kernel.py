@@ -146,22 +146,22 @@ def test_kernel_true_says_why_it_cannot_run():
         gru.apply(gru.init(jax.random.key(0), jnp.bfloat16), x.astype(jnp.bfloat16), kernel=True)
 
 
-def test_recurrence_rejects_inconsistent_arguments():
+def test_layer_rejects_inconsistent_arguments():
     """Python checks what it reshapes; the C++ side checks its buffers and names the one off."""
-    h0 = jnp.zeros((1, 2, 8))
-    lstm_weights = jnp.zeros((1, 4 * 8, 8))
+    xs, h0 = jnp.zeros((4, 2, 5)), jnp.zeros((1, 2, 8))
+    w_ih, w_hh = jnp.zeros((1, 4 * 8, 5)), jnp.zeros((1, 4 * 8, 8))  # LSTM-shaped weights
+
+    def call(cell_name, xs=xs, w_ih=w_ih, reverse=(False,)):
+        return kernel.layer(cell_name, xs, w_ih, None, w_hh, None, h0, h0, None, reverse)
+
     with pytest.raises(Exception, match=r"expected w \(k, G\*H, H\) and gx"):  # GRU has 3 gates
-        kernel.recurrence(
-            "GRU", jnp.zeros((4, 2, 4 * 8)), lstm_weights, None, h0, None, None, (False,)
-        )
-    with pytest.raises(ValueError, match=r"gx: expected \(T, B, 32\) .*, got \(4, 2, 24\)"):
-        kernel.recurrence("LSTM", jnp.zeros((4, 2, 24)), lstm_weights, None, h0, h0, None, (False,))
+        call("GRU")
+    with pytest.raises(ValueError, match=r"weight_ih: expected \(1, 32, 6\) .*, got \(1, 32, 5\)"):
+        call("LSTM", xs=jnp.zeros((4, 2, 6)))
     with pytest.raises(ValueError, match=r"reverse: expected one flag per direction \(1\)"):
-        kernel.recurrence("LSTM", jnp.zeros((4, 2, 32)), lstm_weights, None, h0, h0, None, ())
+        call("LSTM", reverse=())
     with pytest.raises(ValueError, match=r"cell_name: expected one of .*, got 'gru'"):
-        kernel.recurrence(
-            "gru", jnp.zeros((4, 2, 24)), lstm_weights, None, h0, None, None, (False,)
-        )
+        call("gru")
 
 
 def test_forward_mode_needs_the_scan_path():
