@@ -232,9 +232,9 @@ def _layer_bwd(code, bits, residuals, cotangents):
             both = (jnp.concatenate([x, h_prev], axis=1).T @ dgx[:, j]).T
             dw_ih.append(both[:, :d])
             dw_hh.append(both[:, d:])
-    return (
-        dx, jnp.stack(dw_ih), dgx.sum(axis=0), jnp.stack(dw_hh), dgh.sum(axis=0), dh0, dc0, None,
-    )  # fmt: skip
+    db_ih = dgx.sum(axis=0)
+    db_hh = dgh.sum(axis=0) if gru else db_ih
+    return dx, jnp.stack(dw_ih), db_ih, jnp.stack(dw_hh), db_hh, dh0, dc0, None
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)

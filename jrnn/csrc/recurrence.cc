@@ -30,10 +30,11 @@
 // needed afterwards. That spares a 16 MB buffer and its cache misses per LSTM layer and call.
 //
 // Work split: a work item is (direction, panel of 32 hidden units); a unit of work is an item's
-// block of up to 16 sequences of the batch. Its thread computes the unit's gate columns of the recurrent matmul
-// (a register-tiled kernel over weights packed once per call) and the elementwise gate math of
-// those units, so each step needs a single barrier: all of h (forward) or of the gate
-// cotangents (backward) must be written before any thread starts the next step's matmul.
+// block of up to 16 sequences of the batch. Its thread computes the unit's gate columns of the
+// recurrent matmul (a register-tiled kernel over weights packed once per call) and the
+// elementwise gate math of those units, so each step needs a single barrier: all of h (forward)
+// or of the gate cotangents (backward) must be written before any thread starts the next step's
+// matmul.
 // Units are handed out per step as in common.h's Team (own share first, then help).
 
 #ifdef __AVX512F__
@@ -333,7 +334,7 @@ struct Backward {
   const float *hs, *aux, *act, *dhs, *dcs;
   float *dgx, *drec;     // may alias act and aux, or dgx dhs (see the FFI handler)
   float *dh, *dc;        // the cotangent of the carry entering the present step
-  float* dgh[2];         // GRU: cotangent of the recurrent half, by step parity
+  float* dgh[2];         // GRU: cotangent of the recurrent half (k*B, G*H), by step parity
 
   // Gate cotangents of the unit's sequences at step s; leaves in dh / dc the part of the
   // previous carry's cotangent that does not go through the matmul.
@@ -515,7 +516,7 @@ ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w, ffi::Bu
 
 // Backward inputs: the forward's inputs and outputs, and dhs, dcs: the cotangents of hs and
 // of aux (read for LSTM only). Outputs: dgx (T, R, G*H); drec, for GRU the cotangent of n's
-// recurrent half (T, R, H), else (1,); dh0 and dc0 (R, H). The caller may alias dgx to act
+// recurrent half (T, R, H), else (1,); dh0 and dc0 (k*B, H). The caller may alias dgx to act
 // (RNN: to dhs) and drec to aux.
 ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::U8> mask,
