@@ -85,12 +85,12 @@ def remat_option(spec: jrnn.nn.Spec, steps: int) -> dict[str, Any] | None:
 
 
 def compiled_recurrence(device: str) -> bool:
-    """Whether jrnn's default path on ``device`` is its compiled recurrence (``jrnn.kernel``).
+    """Whether jrnn's default path on ``device`` is its compiled recurrence (``jrnn.methods.compiled``).
 
-    When it is, the benchmark also times the pure-JAX scan, ``apply(..., kernel=False)``, as
+    When it is, the benchmark also times the pure-JAX scan, ``apply(..., method="scan")``, as
     ``jrnn-scan``.
     """
-    return device == "cpu" and jrnn.kernel.available()
+    return device == "cpu" and jrnn.methods.compiled.available()
 
 
 def jrnn_model(

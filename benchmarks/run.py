@@ -143,11 +143,11 @@ def build_models(
             )
         if models.compiled_recurrence(torch_device):
             builders["jrnn-scan"] = lambda: models.jrnn_model(
-                spec, params, jnp.asarray(x), {"kernel": False}
+                spec, params, jnp.asarray(x), {"method": "scan"}
             )
         for unroll in unrolls:  # the scan path: the compiled recurrence has no unroll
             builders[f"jrnn-unroll{unroll}"] = lambda unroll=unroll: models.jrnn_model(
-                spec, params, jnp.asarray(x), {"kernel": False, "unroll": unroll}
+                spec, params, jnp.asarray(x), {"method": "scan", "unroll": unroll}
             )
     if "torch" in frameworks:
         builders["torch"] = lambda: peers.torch_model(module, x)

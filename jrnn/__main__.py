@@ -1,6 +1,6 @@
-"""``python -m jrnn``: the ``jrnn`` command (see :mod:`jrnn.cli`)."""
+"""``python -m jrnn``: the ``jrnn`` command (see :mod:`jrnn.training.cli`)."""
 
-from jrnn.cli import main
+from jrnn.training.cli import main
 
 if __name__ == "__main__":
     main()

@@ -25,8 +25,9 @@ from jrnn.nn import GRU, LSTM, RNN, Spec
 _NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 
-def _suffix(layer: int, direction: int) -> str:
-    return f"_l{layer}" + ("_reverse" if direction else "")
+def state_name(name: str, layer: int, direction: int) -> str:
+    """PyTorch's state_dict name of one parameter: ``weight_ih_l0``, ``bias_hh_l1_reverse``."""
+    return f"{name}_l{layer}" + ("_reverse" if direction else "")
 
 
 def from_torch(module: Any) -> tuple[Spec, tuple]:
@@ -65,9 +66,9 @@ def from_torch(module: Any) -> tuple[Spec, tuple]:
     params = tuple(
         tuple(
             {
-                name: jnp.asarray(state[name + _suffix(layer, direction)])
+                name: jnp.asarray(state[state_name(name, layer, direction)])
                 for name in _NAMES
-                if name + _suffix(layer, direction) in state
+                if state_name(name, layer, direction) in state
             }
             for direction in range(spec.num_directions)
         )
@@ -92,7 +93,7 @@ def to_torch(spec: Spec, tree: Any) -> dict[str, np.ndarray]:
             f"got {[len(layer) for layer in tree]}"
         )
     return {
-        name + _suffix(layer, direction): np.asarray(value)
+        state_name(name, layer, direction): np.asarray(value)
         for layer, directions in enumerate(tree)
         for direction, params in enumerate(directions)
         for name, value in params.items()

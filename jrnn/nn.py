@@ -1,8 +1,10 @@
-"""``jrnn.RNN``, ``jrnn.LSTM`` and ``jrnn.GRU``: PyTorch-shaped specs over pure functions.
+"""``jrnn.RNN``, ``jrnn.LSTM``, ``jrnn.GRU``, ``jrnn.Recurrent`` and the linear cells'
+``jrnn.MinGRU``, ``jrnn.MinLSTM``, ``jrnn.LRU``: PyTorch-shaped specs.
 
 A spec is an immutable, hashable description (the constructor arguments of ``torch.nn.RNN`` /
-``LSTM`` / ``GRU``, with ``batch_first=True`` by default). It holds no weights: ``spec.init(key)``
-returns params and ``spec.apply(params, x, h0)`` runs the stack. Shapes are PyTorch's:
+``LSTM`` / ``GRU``, with ``batch_first=True`` by default; ``Recurrent`` takes any
+:class:`jrnn.cells.Cell` first). It holds no weights: ``spec.init(key)`` returns params and
+``spec.apply(params, x, h0)`` runs the stack. Shapes are PyTorch's:
 
 - ``x``: `(B, T, D)` when ``batch_first`` (else `(T, B, D)`), or `(T, D)` unbatched;
 - ``output``: `(B, T, dirs*H_out)` (same layout as ``x``);
@@ -21,6 +23,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import Any
 
 import jax
@@ -29,6 +33,7 @@ import numpy as np
 
 from jrnn import cells, stack
 from jrnn.cells import Carry, Cell
+from jrnn.methods import Options
 from jrnn.stack import StackParams
 
 
@@ -37,19 +42,19 @@ def _positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
 
 
-def _check_matmul_dtype(matmul_dtype: Any) -> None:
-    try:
-        floating = jnp.issubdtype(matmul_dtype, jnp.floating)
-    except TypeError:
-        floating = False
-    if not floating:
-        raise TypeError(
-            f"matmul_dtype: expected a floating-point dtype or None, got {matmul_dtype!r}"
-        )
-
-
 def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
+
+
+def _named_leaves(tree: Any) -> dict[str, Any]:
+    """The leaves of a params pytree by name: ``weight_ih`` for a dict key, else the path."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path, simple=True, separator="."): leaf for path, leaf in flat}
+
+
+@functools.cache
+def _init_shapes(spec: Any) -> Any:
+    return jax.eval_shape(spec.init, jax.random.key(0))
 
 
 class _Stack:
@@ -63,10 +68,7 @@ class _Stack:
     dropout: float
     bidirectional: bool
     proj_size: int
-
-    @property
-    def cell(self) -> Cell:
-        raise NotImplementedError
+    cell: Cell  # a property of RNN, LSTM and GRU; a field of Recurrent
 
     @property
     def num_directions(self) -> int:
@@ -87,7 +89,7 @@ class _Stack:
             raise ValueError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
         if isinstance(self.proj_size, bool) or not isinstance(self.proj_size, int):
             raise TypeError(f"proj_size: expected an integer, got {self.proj_size!r}")
-        if self.proj_size and not self.cell.has_cell_state:
+        if self.proj_size and len(self.cell.carry_names) < 2:
             raise ValueError(
                 f"proj_size: only LSTM supports a projection, got proj_size={self.proj_size} "
                 f"for {type(self).__name__}"
@@ -99,7 +101,8 @@ class _Stack:
             )
 
     def init(self, key: jax.Array, dtype: Any = jnp.float32) -> StackParams:
-        """Fresh params, every entry drawn from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
+        """Fresh params from the cell's init (for RNN, LSTM and GRU every entry drawn from
+        U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)))."""
         return stack.init(
             key,
             self.cell,
@@ -119,10 +122,7 @@ class _Stack:
         *,
         lengths: jax.Array | None = None,
         dropout_key: jax.Array | None = None,
-        unroll: int | bool | None = None,
-        remat: int | None = None,
-        matmul_dtype: Any = None,
-        kernel: bool | None = None,
+        **options: Any,
     ) -> tuple[jax.Array, Carry]:
         """Run the stack.
 
@@ -134,49 +134,27 @@ class _Stack:
             lengths: optional `(B,)` integer lengths in ``[1, T]``: steps past a sequence's end
                 are padding, as with PyTorch's packed sequences.
             dropout_key: a PRNG key turns on dropout between layers (training); None for none.
-            unroll: scan unrolling, a speed knob that does not change the result; None picks
-                one per backend (:func:`jrnn.sequence.default_unroll`: 16 on GPU, else 1).
-            remat: for long sequences: recompute activations in chunks of ``remat`` steps
-                during the backward pass, so memory grows as ``T / remat + remat`` rather than
-                ``T`` (``remat`` near ``sqrt(T)`` is best); the result is unchanged.
-            matmul_dtype: mixed precision: round the operands of every matmul to this dtype
-                (``jnp.bfloat16`` uses the bf16 matrix units of recent CPUs and GPUs) while
-                products, gates and states stay in ``x``'s dtype. None (default): exact.
-            kernel: the loop over time in compiled C++ (:mod:`jrnn.kernel`; CPU, float32, no
-                projection): None (default) uses it wherever it applies, True insists (an error
-                says why it cannot), False runs the pure-JAX scan. Same numbers up to float
-                rounding; the compiled path has reverse-mode derivatives only, so
-                ``jax.jvp`` / ``jax.jacfwd`` need ``kernel=False``.
+            **options: how the layers run, the fields of :class:`jrnn.methods.Options`:
+                ``method`` (``"auto"``, ``"scan"``, ``"compiled"``, ``"associative"``),
+                ``unroll``, ``remat``, ``matmul_dtype``.
 
         Returns:
             ``(output, h_n)``; ``output`` is `(B, T, dirs*H_out)` in the layout of ``x``.
         """
         self._check_params(params)
-        if remat is not None:
-            _positive_int("remat", remat)
-        if matmul_dtype is not None:
-            _check_matmul_dtype(matmul_dtype)
+        Options.of(options)  # checked here, passed down as keywords
         x = self._check_x(x)
         batched = x.ndim == 3
         xs = jnp.swapaxes(x, 0, 1) if batched and self.batch_first else x
         batch_shape = xs.shape[1:-1]
         if h0 is not None:
-            self._check_h0(h0, batch_shape, x.dtype)
+            self._check_h0(params, h0, batch_shape, x.dtype)
         if lengths is not None:
             lengths = self._check_lengths(lengths, batched, batch_shape, xs.shape[0])
         ys, h_n = stack.apply(
-            self.cell,
-            params,
-            xs,
-            h0,
-            lengths=lengths,
-            dropout_rate=self.dropout,
-            dropout_key=dropout_key,
-            unroll=unroll,
-            remat=remat,
-            matmul_dtype=matmul_dtype,
-            kernel=kernel,
-        )
+            self.cell, params, xs, h0, lengths=lengths, dropout_rate=self.dropout,
+            dropout_key=dropout_key, **options,
+        )  # fmt: skip
         return (jnp.swapaxes(ys, 0, 1) if batched and self.batch_first else ys), h_n
 
     # -- validation at trace time ---------------------------------------------------------------
@@ -193,10 +171,19 @@ class _Stack:
                 f"params: expected {self.num_layers} layers of {self.num_directions} direction(s) "
                 f"each, as returned by {type(self).__name__}.init; got {jax.tree.structure(params)}"
             )
-        expected = (self.cell.gates * self.hidden_size, self.input_size)
-        got = tuple(jnp.shape(params[0][0]["weight_ih"]))
-        if got != expected:
-            raise ValueError(f"params: expected layer 0 weight_ih of shape {expected}, got {got}")
+        expected = _init_shapes(self)
+        for index, (want_layer, layer) in enumerate(zip(expected, params, strict=True)):
+            want, got = _named_leaves(want_layer[0]), _named_leaves(layer[0])
+            if list(want) != list(got):
+                raise ValueError(
+                    f"params: expected layer {index} params named {list(want)}, got {list(got)}"
+                )
+            for name, leaf in want.items():
+                if tuple(jnp.shape(got[name])) != leaf.shape:
+                    raise ValueError(
+                        f"params: expected layer {index} {name} of shape {leaf.shape}, "
+                        f"got {tuple(jnp.shape(got[name]))}"
+                    )
 
     def _check_x(self, x: Any) -> jax.Array:
         x = jnp.asarray(x)
@@ -217,26 +204,28 @@ class _Stack:
             raise ValueError(f"x: expected at least one time step, got shape {x.shape}")
         return x
 
-    def _check_h0(self, h0: Any, batch_shape: tuple[int, ...], dtype: Any) -> None:
-        states = self.num_layers * self.num_directions
-        expected = {"h0": (states, *batch_shape, self.output_size)}
-        if self.cell.has_cell_state:
-            if not (isinstance(h0, tuple | list) and len(h0) == 2):
-                raise TypeError(f"h0: expected a tuple (h0, c0) for LSTM, got {type(h0).__name__}")
-            expected["c0"] = (states, *batch_shape, self.hidden_size)
-            given = dict(zip(("h0", "c0"), h0, strict=True))
+    def _check_h0(self, params: Any, h0: Any, batch_shape: tuple[int, ...], dtype: Any) -> None:
+        state = jax.eval_shape(lambda: stack.zero_state(self.cell, params, batch_shape, dtype))
+        names = tuple(f"{n}0" for n in self.cell.carry_names)
+        leaves = jax.tree.leaves(state)
+        if len(leaves) > 1:
+            if not (isinstance(h0, tuple | list) and len(h0) == len(leaves)):
+                raise TypeError(
+                    f"h0: expected a tuple ({', '.join(names)}) for {type(self).__name__}, "
+                    f"got {type(h0).__name__}"
+                )
+            given = list(h0)
         else:
-            given = {"h0": h0}
-        for name, shape in expected.items():
-            value = given[name]
-            if tuple(jnp.shape(value)) != shape:
+            given = [h0]
+        for name, want, value in zip(names, leaves, given, strict=True):
+            if tuple(jnp.shape(value)) != want.shape:
                 raise ValueError(
-                    f"{name}: expected shape {shape} (layers*directions, batch, size), "
+                    f"{name}: expected shape {want.shape} (layers*directions, batch, size), "
                     f"got {tuple(jnp.shape(value))}"
                 )
-            if jnp.result_type(value) != dtype:
+            if jnp.result_type(value) != want.dtype:
                 raise TypeError(
-                    f"{name}: expected dtype {dtype} like x, got {jnp.result_type(value)}"
+                    f"{name}: expected dtype {want.dtype} like x, got {jnp.result_type(value)}"
                 )
 
     def _check_lengths(
@@ -323,4 +312,149 @@ class GRU(_Stack):
         return cells.GRU
 
 
-Spec = RNN | LSTM | GRU
+@dataclasses.dataclass(frozen=True)
+class Recurrent(_Stack):
+    """A stack of any :class:`jrnn.cells.Cell`, with the arguments and shapes of the others.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import jrnn
+        >>> sin = jrnn.cells.gated("SIN", 1, lambda gx, gh, h, c: (jnp.sin(gx + gh), None))
+        >>> spec = jrnn.Recurrent(sin, 3, 5, num_layers=2, bidirectional=True)
+        >>> out, h_n = spec.apply(spec.init(jax.random.key(0)), jnp.ones((2, 7, 3)))
+        >>> out.shape, h_n.shape
+        ((2, 7, 10), (4, 2, 5))
+    """
+
+    cell: Cell
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    bias: bool = True
+    batch_first: bool = True
+    dropout: float = 0.0
+    bidirectional: bool = False
+    proj_size: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cell, Cell):
+            raise TypeError(f"cell: expected a jrnn.cells.Cell, got {type(self.cell).__name__}")
+        super().__post_init__()
+
+
+@dataclasses.dataclass(frozen=True)
+class MinGRU(_Stack):
+    """minGRU stack (Feng et al. 2024; :mod:`jrnn.cells.minimal`): ``z = sigmoid(a_z)``,
+    ``h_t = (1 - z) * h_{t-1} + z * g(a_h)`` with ``[a_z; a_h] = x_t @ weight_ih.T + bias_ih``.
+
+    Params per layer and direction: ``weight_ih (2H, D)`` rows ``[z; h~]``, ``bias_ih (2H,)``,
+    drawn from U(-1/sqrt(D), 1/sqrt(D)). ``method="associative"`` runs each layer by
+    ``jax.lax.associative_scan`` in log space, ``method="scan"`` step by step: the same numbers.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import jrnn
+        >>> spec = jrnn.MinGRU(3, 8, num_layers=2, bidirectional=True)
+        >>> params = spec.init(jax.random.key(0))
+        >>> x = jax.random.normal(jax.random.key(1), (4, 50, 3))
+        >>> out, h_n = spec.apply(params, x, method="associative")
+        >>> out.shape, h_n.shape
+        ((4, 50, 16), (4, 4, 8))
+        >>> bool(jnp.allclose(out, spec.apply(params, x, method="scan")[0], atol=1e-5))
+        True
+    """
+
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    bias: bool = True
+    batch_first: bool = True
+    dropout: float = 0.0
+    bidirectional: bool = False
+    proj_size = 0  # not a field: no projection
+
+    @property
+    def cell(self) -> Cell:
+        return cells.MIN_GRU
+
+
+@dataclasses.dataclass(frozen=True)
+class MinLSTM(_Stack):
+    """minLSTM stack (Feng et al. 2024; :mod:`jrnn.cells.minimal`): ``f' = f / (f + i)``,
+    ``i' = i / (f + i)`` with ``f = sigmoid(a_f)``, ``i = sigmoid(a_i)``, and
+    ``h_t = f' * h_{t-1} + i' * g(a_h)``; the carry is ``h`` alone.
+
+    Params per layer and direction: ``weight_ih (3H, D)`` rows ``[f; i; h~]``, ``bias_ih (3H,)``,
+    drawn from U(-1/sqrt(D), 1/sqrt(D)). Methods as for :class:`MinGRU`.
+    """
+
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    bias: bool = True
+    batch_first: bool = True
+    dropout: float = 0.0
+    bidirectional: bool = False
+    proj_size = 0  # not a field: no projection
+
+    @property
+    def cell(self) -> Cell:
+        return cells.MIN_LSTM
+
+
+@dataclasses.dataclass(frozen=True)
+class LRU(_Stack):
+    """Linear Recurrent Unit stack (Orvieto et al. 2023; :mod:`jrnn.cells.lru`).
+
+    Each layer and direction maps its input `(..., D_l)` to an output of the same size through a
+    complex diagonal state of ``state_size`` ``N``: ``x_t = lam * x_{t-1} + gamma * (B u_t)``,
+    ``y_t = Re(C x_t) + D * u_t``. A bidirectional layer concatenates its two directions, and
+    the next layer takes that as its input: the output is `(B, T, dirs**num_layers * D)`.
+    ``h0`` and ``h_n`` are the complex states `(layers*dirs, B, N)` (complex64 for float32 ``x``).
+    ``init`` draws ``|lam|`` on the ring ``[r_min, r_max]`` and its phase in ``[0, max_phase]``.
+    ``method="associative"`` runs each layer by ``jax.lax.associative_scan`` over ``(lam, b)``
+    pairs, ``method="scan"`` step by step: the same numbers.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import jrnn
+        >>> spec = jrnn.LRU(3, 16, num_layers=2, r_min=0.9)
+        >>> params = spec.init(jax.random.key(0))
+        >>> out, h_n = spec.apply(params, jnp.ones((4, 50, 3)), method="associative")
+        >>> out.shape, out.dtype, h_n.shape, h_n.dtype
+        ((4, 50, 3), dtype('float32'), (2, 4, 16), dtype('complex64'))
+    """
+
+    input_size: int
+    state_size: int
+    num_layers: int = 1
+    batch_first: bool = True
+    dropout: float = 0.0
+    bidirectional: bool = False
+    r_min: float = 0.0
+    r_max: float = 1.0
+    max_phase: float = 2 * math.pi
+    bias = False  # not a field: the LRU has no bias parameters
+    proj_size = 0  # not a field: no projection
+
+    def __post_init__(self) -> None:
+        _positive_int("state_size", self.state_size)
+        cells.lru(self.r_min, self.r_max, self.max_phase)  # checks 0 <= r_min < r_max <= 1
+        super().__post_init__()
+
+    @property
+    def hidden_size(self) -> int:
+        """The state size ``N``, what the other specs call the hidden size."""
+        return self.state_size
+
+    @property
+    def output_size(self) -> int:
+        """The output size of each direction of the last layer, ``dirs**(layers-1) * D``."""
+        return self.num_directions ** (self.num_layers - 1) * self.input_size
+
+    @property
+    def cell(self) -> Cell:
+        return cells.lru(self.r_min, self.r_max, self.max_phase)
+
+
+Spec = RNN | LSTM | GRU | Recurrent | MinGRU | MinLSTM | LRU

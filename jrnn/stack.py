@@ -23,8 +23,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jrnn import fused
-from jrnn.cells import Carry, Cell, Params, output_size
+from jrnn import methods
+from jrnn.cells import Carry, Cell, Params
+from jrnn.methods import Options
 
 StackParams = tuple[tuple[Params, ...], ...]
 
@@ -52,7 +53,7 @@ def init(
                 for k in dir_keys
             )
         )
-        size = dirs * (proj_size or hidden_size)
+        size = dirs * cell.output_size(layers[-1][0])
     return tuple(layers)
 
 
@@ -82,32 +83,26 @@ def apply(
     lengths: jax.Array | None = None,
     dropout_rate: float = 0.0,
     dropout_key: jax.Array | None = None,
-    unroll: int | bool | None = None,
-    remat: int | None = None,
-    matmul_dtype: Any = None,
-    kernel: bool | None = None,
+    **options: Any,
 ) -> tuple[jax.Array, Carry]:
-    """Run a stack over time-major inputs (each layer through :func:`jrnn.fused.layer`).
+    """Run a stack over time-major inputs, each layer by :func:`jrnn.methods.layer`.
 
     Args:
         cell: the cell of every layer.
         params: stack params (see the module docstring).
         xs: `(T, B, D)` or `(T, D)`.
         h0: initial state, leaves `(S, B, H)` (`(S, H)` unbatched); zeros when None.
-        lengths: optional `(B,)` valid lengths (see :func:`jrnn.sequence.scan`).
+        lengths: optional `(B,)` valid lengths (see :mod:`jrnn.methods.scan`).
         dropout_rate: dropout on each layer's output except the last's.
         dropout_key: dropout is applied only when a key is given (training).
-        unroll: passed to ``jax.lax.scan``; None: :func:`jrnn.sequence.default_unroll`.
-        remat: recompute activations in chunks of ``remat`` steps in the backward pass
-            (memory about ``T / remat + remat`` steps' worth instead of ``T``).
-        matmul_dtype: round matmul operands to this dtype (see :func:`jrnn.fused.layer`).
-        kernel: the compiled recurrence: None when supported, True, False (see
-            :func:`jrnn.fused.layer`).
+        **options: the fields of :class:`jrnn.methods.Options` (``method``, ``unroll``,
+            ``remat``, ``matmul_dtype``), the same for every layer.
 
     Returns:
         ``(ys, h_n)``: `ys (T, B, dirs * H_out)` from the last layer and the final state with the
         structure and shapes of ``h0``.
     """
+    opts = Options.of(options)
     if h0 is None:
         h0 = zero_state(cell, params, xs.shape[1:-1], xs.dtype)
     unbatched = xs.ndim == 2
@@ -118,10 +113,7 @@ def apply(
     for index, layer in enumerate(params):
         end = s + len(layer)
         carry = jax.tree.map(lambda a, s=s, end=end: a[s:end], h0)
-        xs, carry = fused.layer(
-            cell, layer, xs, carry,
-            lengths=lengths, unroll=unroll, remat=remat, matmul_dtype=matmul_dtype, kernel=kernel,
-        )  # fmt: skip
+        xs, carry = methods.layer(cell, layer, xs, carry, lengths=lengths, options=opts)
         finals.append(carry)
         s = end
         if dropout_key is not None and dropout_rate > 0 and index < len(params) - 1:
@@ -132,6 +124,6 @@ def apply(
     return xs, h_n
 
 
-def output_features(params: StackParams) -> int:
-    """The feature size of the stack's output: last layer's directions times ``H_out``."""
-    return len(params[-1]) * output_size(params[-1][0])
+def output_features(cell: Cell, params: StackParams) -> int:
+    """The feature size of the stack's output: last layer's directions times its output size."""
+    return len(params[-1]) * cell.output_size(params[-1][0])

@@ -1,4 +1,4 @@
-"""Tests for jrnn.checkpoint: round trips, keeping, killed saves, and resume == uninterrupted."""
+"""Tests for jrnn.training.checkpoint: round trips, keeping, killed saves, resuming exactly."""
 
 from __future__ import annotations
 
@@ -12,30 +12,31 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jrnn import checkpoint, tasks, train
 from jrnn.data import Vocab
-from jrnn.loop import fit
-from jrnn.models import LanguageModel
+from jrnn.training import checkpoint, steps
+from jrnn.training.loop import fit
+from jrnn.training.tasks import lm
+from jrnn.training.tasks.lm import LanguageModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _state(step: int) -> train.TrainState:
-    return train.TrainState(jnp.asarray(step, jnp.int32), {"w": jnp.full((3,), float(step))}, ())
+def _state(step: int) -> steps.TrainState:
+    return steps.TrainState(jnp.asarray(step, jnp.int32), {"w": jnp.full((3,), float(step))}, ())
 
 
-def _target(meta: dict) -> train.TrainState:
+def _target(meta: dict) -> steps.TrainState:
     return _state(0)
 
 
 def test_round_trip_of_state_and_utf8_meta(tmp_path):
     model = LanguageModel(vocab_size=6, embed=2, hidden=3, layers=2)
-    optimizer = train.make_optimizer("adamw", 1e-3)
-    state = train.init_state(model, optimizer, jax.random.key(0), batch_size=2)
+    optimizer = steps.make_optimizer("adamw", 1e-3)
+    state = steps.init_state(model, optimizer, jax.random.key(0), batch_size=2)
     state = state._replace(step=jnp.asarray(5), carry=jax.tree.map(jnp.ones_like, state.carry))
     vocab = Vocab.build("안녕 café 🙂")
     checkpoint.save(tmp_path, state, {"vocab": list(vocab.tokens), "model": model.config()})
-    fresh = train.init_state(model, optimizer, jax.random.key(1), batch_size=2)
+    fresh = steps.init_state(model, optimizer, jax.random.key(1), batch_size=2)
     restored, meta = checkpoint.restore(tmp_path, lambda meta: fresh)
     assert Vocab(tuple(meta["vocab"])) == vocab and "🙂" in meta["vocab"]
     assert meta["model"] == model.config()
@@ -58,8 +59,8 @@ def test_save_killed_before_commit_is_never_loaded(tmp_path):
         f"""
         import os, jax.numpy as jnp
         from orbax.checkpoint._src.path import atomicity
-        from jrnn import checkpoint
-        from jrnn.train import TrainState
+        from jrnn.training import checkpoint
+        from jrnn.training.steps import TrainState
 
         def state(s):
             return TrainState(jnp.asarray(s, jnp.int32), {{"w": jnp.full((3,), float(s))}}, ())
@@ -91,7 +92,7 @@ def test_unreadable_latest_step_falls_back_to_the_previous(tmp_path):
     for path in (tmp_path / "2" / "state").rglob("*"):  # damage step 2's arrays
         if path.is_file():
             path.write_bytes(b"")
-    with pytest.warns(UserWarning, match="skipped unreadable checkpoints"):
+    with pytest.warns(UserWarning, match=r"checkpoint step 2: .*/2/state/.*; using step 1"):
         state, meta = checkpoint.restore(tmp_path, _target)
     assert int(state.step) == 1 and meta["step"] == 1
 
@@ -100,43 +101,43 @@ def test_resume_equals_uninterrupted(tmp_path):
     text = "to be or not to be, that is the question. " * 6
     vocab = Vocab.build(text)
     ids = vocab.encode(text)
-    model = LanguageModel(len(vocab), embed=4, hidden=8, cell="rnn", dropout=0.1)
-    optimizer = train.make_optimizer("adamw", 1e-2)
-    step_fn = train.make_train_step(model, optimizer)
-    steps = tasks.lm_steps(len(ids), 2, 16)
+    model = LanguageModel(vocab_size=len(vocab), embed=4, hidden=8, cell="rnn", dropout=0.1)
+    optimizer = steps.make_optimizer("adamw", 1e-2)
+    step_fn = steps.make_train_step(model, optimizer)
+    per_epoch = lm.num_batches(len(ids), 2, 16)
 
     def run(state, **kwargs):
         return fit(
             step_fn,
             state,
-            lambda epoch: tasks.lm_batches(ids, 2, 16),
-            steps_per_epoch=steps,
+            lambda epoch: lm.batches(ids, 2, 16),
+            steps_per_epoch=per_epoch,
             epochs=2,
             key=jax.random.key(3),
             learning_rate=1e-2,
             **kwargs,
         )
 
-    fresh = train.init_state(model, optimizer, jax.random.key(0), batch_size=2)
+    fresh = steps.init_state(model, optimizer, jax.random.key(0), batch_size=2)
     _, full = run(fresh)
 
     class Killed(Exception):
         pass
 
     def kill(info):
-        if info.step == steps + 2:  # in the middle of the second epoch
+        if info.step == per_epoch + 2:  # in the middle of the second epoch
             raise Killed
 
     def save(state, seconds):  # called after every step; write the one before the kill
-        if int(state.step) == steps + 1:
+        if int(state.step) == per_epoch + 1:
             checkpoint.save(tmp_path, state, {"seconds": seconds})
 
     with pytest.raises(Killed):
         run(fresh, on_step=kill, save=save, save_every=0.0)
     restored, meta = checkpoint.restore(tmp_path, lambda meta: fresh)
-    assert int(restored.step) == steps + 1  # the last save before the kill
+    assert int(restored.step) == per_epoch + 1  # the last save before the kill
     _, resumed = run(restored, seconds=meta["seconds"])
-    tail = full["loss_curve"][steps + 1 :]
+    tail = full["loss_curve"][per_epoch + 1 :]
     assert [s for s, _ in resumed["loss_curve"]] == [s for s, _ in tail]
     np.testing.assert_allclose(
         [loss for _, loss in resumed["loss_curve"]], [loss for _, loss in tail], rtol=1e-6
@@ -145,7 +146,7 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 def test_incompatible_target_is_a_clear_error(tmp_path):
     checkpoint.save(tmp_path, _state(1), {"step": 1})
-    wrong = train.TrainState(jnp.asarray(0), {"w": jnp.zeros((5,))}, ())
+    wrong = steps.TrainState(jnp.asarray(0), {"w": jnp.zeros((5,))}, ())
     with pytest.raises(
         ValueError, match=r"params/w: \(\(3,\), 'float32'\) in the checkpoint, \(\(5,\)"
     ):

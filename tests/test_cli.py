@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from jrnn import runs
-from jrnn.cli import app
+from jrnn.training import runs
+from jrnn.training.cli import app
+from jrnn.training.tasks import tag
 
 RUNNER = CliRunner()
 
@@ -260,8 +261,6 @@ def test_non_numbers_are_usage_errors():
 
 
 def test_tagger_reads_characters_by_default():
-    from jrnn import tasks
-
-    vocabs = tasks.tag_vocabs([(["A", "café"], ["DET", "NOUN"])])
-    model = runs.build_model("tag", runs.DEFAULTS["tag"], vocabs)
+    vocabs = tag.build_vocabs([(["A", "café"], ["DET", "NOUN"])])
+    model = tag.build_model(tag.DEFAULTS, vocabs)
     assert model.char_vocab_size == len(vocabs["chars"]) > 2 and model.bidirectional

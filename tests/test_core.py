@@ -12,8 +12,9 @@ import pytest
 from jax.test_util import check_grads
 
 import jrnn
-from jrnn import cells, sequence, stack
-from jrnn.sequence import reverse_valid
+from jrnn import cells, stack
+from jrnn.methods import scan as scan_path
+from jrnn.methods.common import reverse_valid
 
 CELLS = [cells.RNN_TANH, cells.RNN_RELU, cells.LSTM, cells.GRU]
 SPECS = [
@@ -229,11 +230,11 @@ def reference_stack(cell, params, xs, lengths):
     return xs, jax.tree.map(lambda *a: jnp.stack(a), *finals)
 
 
-@pytest.mark.parametrize("kernel", [None, False], ids=["compiled", "scan"])
+@pytest.mark.parametrize("method", ["auto", "scan"])
 @pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.name)
-def test_fast_path_equals_plain_path_with_gradients(cell, kernel):
+def test_fast_path_equals_plain_path_with_gradients(cell, method):
     params = stack.init(
-        jax.random.key(0), cell, 3, 4, directions=(2, 1), proj_size=2 if cell.has_cell_state else 0
+        jax.random.key(0), cell, 3, 4, directions=(2, 1), proj_size=2 if cell is cells.LSTM else 0
     )
     xs = jax.random.normal(jax.random.key(1), (7, 3, 3))
     lengths = jnp.array([7, 4, 1])
@@ -243,7 +244,7 @@ def test_fast_path_equals_plain_path_with_gradients(cell, kernel):
         return jnp.sum(ys * jnp.sin(ys)) + sum(jnp.sum(a**2) for a in jax.tree.leaves(h_n))
 
     def fast(params, xs):
-        return stack.apply(cell, params, xs, lengths=lengths, kernel=kernel)
+        return stack.apply(cell, params, xs, lengths=lengths, method=method)
 
     def plain(params, xs):
         return reference_stack(cell, params, xs, lengths)
@@ -293,14 +294,14 @@ def test_unroll_none_is_chosen_per_backend(monkeypatch):
     spec = jrnn.GRU(3, 4, num_layers=2, bidirectional=True)
     params = spec.init(jax.random.key(0))
     x = jnp.zeros((2, 5, 3))
-    assert sequence.default_unroll() == sequence.UNROLL.get(jax.default_backend(), 1)
-    monkeypatch.setitem(sequence.UNROLL, jax.default_backend(), 5)
+    assert scan_path.default_unroll() == scan_path.UNROLL.get(jax.default_backend(), 1)
+    monkeypatch.setitem(scan_path.UNROLL, jax.default_backend(), 5)
 
-    def scan_path(params, x, **options):
-        return spec.apply(params, x, kernel=False, **options)[0]
+    def run_scan(params, x, **options):
+        return spec.apply(params, x, method="scan", **options)[0]
 
-    assert _scan_unrolls(scan_path, params, x) == [5, 5]  # one scan per layer
-    assert _scan_unrolls(functools.partial(scan_path, unroll=2), params, x) == [2, 2]
+    assert _scan_unrolls(run_scan, params, x) == [5, 5]  # one scan per layer
+    assert _scan_unrolls(functools.partial(run_scan, unroll=2), params, x) == [2, 2]
     assert _scan_unrolls(lambda p, x: jrnn.scan(cells.GRU, p, x)[1], params[0][0], x) == [5]
 
 
@@ -311,7 +312,7 @@ def test_unrolled_scan_changes_nothing():
     lengths = jnp.array([21, 9, 2])
 
     def loss(params, x, unroll):
-        out, (h, c) = spec.apply(params, x, lengths=lengths, unroll=unroll, kernel=False)
+        out, (h, c) = spec.apply(params, x, lengths=lengths, unroll=unroll, method="scan")
         return jnp.sum(out * jnp.sin(out)) + jnp.sum(h) + jnp.sum(c)
 
     grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
@@ -327,7 +328,7 @@ def test_forward_mode_autodiff():
     v = jax.random.normal(jax.random.key(2), x.shape)
 
     def f(x):
-        return jnp.sum(spec.apply(params, x, kernel=False)[0] ** 2)
+        return jnp.sum(spec.apply(params, x, method="scan")[0] ** 2)
 
     _, forward = jax.jit(lambda x, v: jax.jvp(f, (x,), (v,)))(x, v)
     np.testing.assert_allclose(forward, jnp.vdot(jax.grad(f)(x), v), rtol=1e-4)

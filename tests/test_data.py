@@ -98,7 +98,7 @@ def test_vocab_round_trip_property(text):
 def test_vocab_load_errors(tmp_path):
     path = tmp_path / "v.json"
     path.write_text('{"tokens":\n ["<pad>", "<unk>",\n oops]}', encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:3: invalid vocabulary"):
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:3: invalid JSON"):
         Vocab.load(path)
     path.write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(ValueError, match="tokens"):

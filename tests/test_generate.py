@@ -1,4 +1,4 @@
-"""Tests for jrnn.generate: greedy / temperature / top-k sampling from a language model."""
+"""Tests for jrnn.training.generate: greedy / temperature / top-k sampling from a language model."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jrnn import tasks, train
 from jrnn.data import Vocab
-from jrnn.generate import _generate, generate, sample_logits
-from jrnn.loop import fit
-from jrnn.models import Classifier, LanguageModel, Tagger
+from jrnn.training import steps
+from jrnn.training.generate import _generate, generate, sample_logits
+from jrnn.training.loop import fit
+from jrnn.training.tasks import lm
+from jrnn.training.tasks.classify import Classifier
+from jrnn.training.tasks.lm import LanguageModel
+from jrnn.training.tasks.tag import Tagger
 
 MODEL = LanguageModel(vocab_size=9, embed=4, hidden=8, layers=2, cell="gru")
 
@@ -22,11 +25,11 @@ def test_greedy_equals_a_python_loop_over_apply():
     out = generate(MODEL, params, prompt, 6, jax.random.key(1), temperature=0)
     logits, carry = MODEL.apply(params, prompt)
     expected = []
-    token = jnp.argmax(logits[:, -1], axis=-1)
+    token = jnp.argmax(logits[:, -1, 2:], axis=-1) + 2  # never <pad> (0) nor <unk> (1)
     for _ in range(6):
         expected.append(token)
         logits, carry = MODEL.apply(params, token[:, None].astype(jnp.int32), carry)
-        token = jnp.argmax(logits[:, 0], axis=-1)
+        token = jnp.argmax(logits[:, 0, 2:], axis=-1) + 2
     np.testing.assert_array_equal(np.asarray(out), np.stack(expected, axis=1))
 
 
@@ -63,13 +66,13 @@ def test_trained_model_continues_the_pattern():
     text = "abcdefg" * 60
     vocab = Vocab.build(text)
     ids = vocab.encode(text)
-    model = LanguageModel(len(vocab), embed=8, hidden=32, cell="rnn")
-    optimizer = train.make_optimizer("adam", 0.02)
+    model = LanguageModel(vocab_size=len(vocab), embed=8, hidden=32, cell="rnn")
+    optimizer = steps.make_optimizer("adam", 0.02)
     state, _ = fit(
-        train.make_train_step(model, optimizer),
-        train.init_state(model, optimizer, jax.random.key(0), batch_size=4),
-        lambda epoch: tasks.lm_batches(ids, 4, 16),
-        steps_per_epoch=tasks.lm_steps(len(ids), 4, 16),
+        steps.make_train_step(model, optimizer),
+        steps.init_state(model, optimizer, jax.random.key(0), batch_size=4),
+        lambda epoch: lm.batches(ids, 4, 16),
+        steps_per_epoch=lm.num_batches(len(ids), 4, 16),
         epochs=6,
         key=jax.random.key(1),
         learning_rate=0.02,
@@ -90,13 +93,14 @@ def test_bidirectional_models_cannot_generate(model):
 def test_bad_arguments():
     params = MODEL.init(jax.random.key(0))
     key = jax.random.key(0)
-    with pytest.raises(TypeError, match="model: expected a LanguageModel"):
-        generate(Classifier(9, 2, bidirectional=False), params, jnp.array([1]), 3, key)
+    with pytest.raises(TypeError, match="model: expected a language model"):
+        generate(Classifier(vocab_size=9, num_classes=2, bidirectional=False), params,
+                 jnp.array([1]), 3, key)  # fmt: skip
     with pytest.raises(ValueError, match="prompt: expected"):
         generate(MODEL, params, jnp.zeros((0,), jnp.int32), 3, key)
     with pytest.raises(ValueError, match="length: expected a positive integer"):
         generate(MODEL, params, jnp.array([1]), 0, key)
-    with pytest.raises(ValueError, match=r"top_k: expected None or 1\.\.9"):
+    with pytest.raises(ValueError, match=r"top_k: expected None or 1\.\.7 \(the ids but <pad>"):
         generate(MODEL, params, jnp.array([1]), 3, key, top_k=10)
     with pytest.raises(ValueError, match="temperature"):
         generate(MODEL, params, jnp.array([1]), 3, key, temperature=-1.0)

@@ -1,15 +1,21 @@
-"""The compiled recurrence (jrnn.kernel) against the pure-JAX scan it replaces.
+"""The compiled path (jrnn.methods.compiled) against the pure-JAX scan it replaces.
 
-Oracle: the same layer with ``kernel=False`` (itself checked against a Python loop over the cell
+Oracle: the same layer with ``method="scan"`` (itself checked against a Python loop over the cell
 in test_core and against PyTorch in test_parity). Shapes are chosen to reach every edge of the
 C++ work split: hidden sizes that are not a multiple of its 32-unit panels, batches that are not
-a multiple of its 16-row units or 8-row register tiles, two directions, padded sequences, and
-calls large enough to run on every core (smaller ones run on one).
+a multiple of its 16-row units or register tiles, two directions, padded sequences, and calls
+large enough to run on every core (smaller ones run on one). The library holds its loops once per
+instruction set; the tests run on the widest one this CPU has, and a few of them run again in a
+subprocess under each narrower one (``JRNN_ISA``).
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import platform
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +23,7 @@ import numpy as np
 import pytest
 
 import jrnn
-from jrnn import kernel
+from jrnn.methods import compiled as kernel
 
 pytestmark = pytest.mark.skipif(
     jax.default_backend() != "cpu", reason="the compiled recurrence is CPU-only"
@@ -41,12 +47,14 @@ def close(actual, desired):
 
 def test_library_is_built_and_registered():
     """``pip install`` compiles jrnn/csrc/recurrence.cc; without it every test below is moot."""
-    assert kernel.available()
+    assert kernel.available(), kernel.load_error()
 
 
 def _loss_and_grads(spec, params, x, h0, lengths, use_kernel):
     def loss(params, x, h0):
-        out, h_n = spec.apply(params, x, h0, lengths=lengths, kernel=use_kernel)
+        out, h_n = spec.apply(
+            params, x, h0, lengths=lengths, method="compiled" if use_kernel else "scan"
+        )
         leaves = jax.tree.leaves(h_n)
         value = jnp.sum(out * jnp.cos(out)) + sum(jnp.sum(a * jnp.sin(a)) for a in leaves)
         return value, (out, h_n)
@@ -106,13 +114,13 @@ def test_compiled_path_under_vmap_remat_and_unbatched_input():
     xs = jax.random.normal(jax.random.key(1), (4, 2, 9, 3))  # 4 independent batches
 
     def run(x, use_kernel, remat=None):
-        return spec.apply(params, x, kernel=use_kernel, remat=remat)
+        return spec.apply(params, x, method="compiled" if use_kernel else "scan", remat=remat)
 
     ensemble = jax.jit(jax.vmap(lambda x: run(x, True)))(xs)
     jax.tree.map(close, ensemble, jax.vmap(lambda x: run(x, False))(xs))
 
     def loss(params, remat):
-        out, (h, c) = spec.apply(params, xs[0], kernel=True, remat=remat)
+        out, (h, c) = spec.apply(params, xs[0], method="compiled", remat=remat)
         return jnp.sum(out**2) + jnp.sum(h * c)
 
     grad = jax.jit(jax.grad(loss), static_argnums=1)
@@ -121,7 +129,7 @@ def test_compiled_path_under_vmap_remat_and_unbatched_input():
 
 
 def test_default_uses_the_compiled_path_where_it_applies():
-    """``kernel=None`` lowers to the FFI call for float32 and to the scan otherwise."""
+    """``method="auto"`` lowers to the FFI call for float32 and to the scan otherwise."""
     spec = jrnn.GRU(3, 8)
     params = spec.init(jax.random.key(0))
     x = jnp.ones((2, 4, 3))
@@ -130,20 +138,22 @@ def test_default_uses_the_compiled_path_where_it_applies():
         return jax.jit(lambda p: spec.apply(p, x, **options)[0]).lower(params).as_text()
 
     assert "jrnn_recurrence_fwd" in hlo()
-    assert "jrnn_recurrence_fwd" not in hlo(kernel=False)
+    assert "jrnn_recurrence_fwd" not in hlo(method="scan")
     assert "jrnn_recurrence_fwd" not in hlo(matmul_dtype=jnp.bfloat16)
 
 
-def test_kernel_true_says_why_it_cannot_run():
+def test_method_compiled_says_why_it_cannot_run():
     lstm = jrnn.LSTM(3, 8, proj_size=4)
     x = jnp.ones((2, 4, 3))
-    with pytest.raises(ValueError, match=r"kernel: True.*projection"):
-        lstm.apply(lstm.init(jax.random.key(0)), x, kernel=True)
+    with pytest.raises(ValueError, match=r"'compiled' cannot run this layer: .*projection"):
+        lstm.apply(lstm.init(jax.random.key(0)), x, method="compiled")
     gru = jrnn.GRU(3, 8)
-    with pytest.raises(ValueError, match=r"kernel: True.*mixed precision"):
-        gru.apply(gru.init(jax.random.key(0)), x, kernel=True, matmul_dtype=jnp.bfloat16)
-    with pytest.raises(ValueError, match=r"kernel: True.*float32 only"):
-        gru.apply(gru.init(jax.random.key(0), jnp.bfloat16), x.astype(jnp.bfloat16), kernel=True)
+    with pytest.raises(ValueError, match=r"'compiled' cannot run this layer: .*mixed precision"):
+        gru.apply(gru.init(jax.random.key(0)), x, method="compiled", matmul_dtype=jnp.bfloat16)
+    with pytest.raises(ValueError, match=r"'compiled' cannot run this layer: .*float32 only"):
+        gru.apply(
+            gru.init(jax.random.key(0), jnp.bfloat16), x.astype(jnp.bfloat16), method="compiled"
+        )
 
 
 def test_layer_rejects_inconsistent_arguments():
@@ -151,8 +161,8 @@ def test_layer_rejects_inconsistent_arguments():
     xs, h0 = jnp.zeros((4, 2, 5)), jnp.zeros((1, 2, 8))
     w_ih, w_hh = jnp.zeros((1, 4 * 8, 5)), jnp.zeros((1, 4 * 8, 8))  # LSTM-shaped weights
 
-    def call(cell_name, xs=xs, w_ih=w_ih, reverse=(False,)):
-        return kernel.layer(cell_name, xs, w_ih, None, w_hh, None, h0, h0, None, reverse)
+    def call(name, xs=xs, w_ih=w_ih, reverse=(False,)):
+        return kernel.call(name, xs, w_ih, None, w_hh, None, h0, h0, None, reverse)
 
     with pytest.raises(Exception, match=r"expected w \(k, G\*H, H\) and gx"):  # GRU has 3 gates
         call("GRU")
@@ -160,19 +170,68 @@ def test_layer_rejects_inconsistent_arguments():
         call("LSTM", xs=jnp.zeros((4, 2, 6)))
     with pytest.raises(ValueError, match=r"reverse: expected one flag per direction \(1\)"):
         call("LSTM", reverse=())
-    with pytest.raises(ValueError, match=r"cell_name: expected one of .*, got 'gru'"):
+    with pytest.raises(ValueError, match=r"kernel: expected one of .*, got 'gru'"):
         call("gru")
 
 
 def test_forward_mode_needs_the_scan_path():
-    """The compiled path is a custom VJP: jax.jvp raises, and ``kernel=False`` is the way."""
+    """The compiled path is a custom VJP: jax.jvp raises, and ``method="scan"`` is the way."""
     spec = jrnn.RNN(3, 4)
     params = spec.init(jax.random.key(0))
     x = jnp.ones((2, 5, 3))
 
     def f(x, use_kernel):
-        return jnp.sum(spec.apply(params, x, kernel=use_kernel)[0])
+        return jnp.sum(spec.apply(params, x, method="compiled" if use_kernel else "scan")[0])
 
     with pytest.raises(TypeError, match="custom_vjp"):
         jax.jvp(lambda x: f(x, True), (x,), (x,))
     jax.jvp(lambda x: f(x, False), (x,), (x,))
+
+
+def test_runs_the_widest_instruction_set_unless_one_is_forced():
+    forced = os.environ.get(kernel.ISA_VARIABLE)
+    assert kernel.isa() == (forced or kernel.isas()[0])
+    assert kernel.isas()[-1] == "baseline"
+
+
+def _python(args, isa):
+    """This Python, with JRNN_ISA set to isa."""
+    env = {**os.environ, kernel.ISA_VARIABLE: isa}
+    return subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get(kernel.ISA_VARIABLE)), reason="an instruction set is forced"
+)
+@pytest.mark.parametrize("isa", kernel.isas()[1:])
+def test_compiled_equals_scan_under_each_narrower_instruction_set(isa):
+    """Three of the comparisons above, which reach all of the loops' code (every cell, partial
+    panels and tiles, both directions, padding), rerun under each narrower set."""
+    cases = "built or widest or lstm-33-37 or gru-64-5 or rnn_tanh-40-19"
+    run = _python(["-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", cases], isa)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "5 passed" in run.stdout
+
+
+@pytest.mark.parametrize("isa", ["sse", "avx512"])
+def test_a_forced_instruction_set_must_be_one_this_cpu_runs(isa):
+    """Else it is the load error: ``method="compiled"`` says it, ``"auto"`` takes the scan."""
+    if isa in kernel.isas():
+        pytest.skip(f"this CPU runs {isa}")
+    code = """if True:
+        import jax, jax.numpy as jnp, jrnn
+        spec = jrnn.RNN(2, 3)
+        params, x = spec.init(jax.random.key(0)), jnp.ones((1, 2, 2))
+        print(spec.apply(params, x)[0].shape)
+        spec.apply(params, x, method="compiled")
+    """
+    run = _python(["-c", code], isa)
+    assert run.stdout.strip() == "(1, 2, 3)"
+    if isa == "avx512" and platform.machine() == "x86_64":
+        reason = "this CPU cannot run it; it runs " + ", ".join(kernel.isas())
+    else:
+        reason = "expected one of "
+    message = f"method: 'compiled' cannot run this layer: {kernel.ISA_VARIABLE}={isa}: {reason}"
+    assert message in run.stderr

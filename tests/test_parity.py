@@ -3,8 +3,8 @@
 The oracle is PyTorch itself: a module is built in torch, converted with ``jrnn.from_torch``,
 and both are run on the same input. Gradients of a random linear functional of (output, h_n)
 are compared for the input, ``h0`` and every parameter (mapped back with ``jrnn.to_torch``).
-On CPU the default path is the compiled recurrence (``jrnn.kernel``); the padded-sequence cases
-run the pure-JAX scan (``kernel=False``) as well.
+On CPU the default path is the compiled recurrence (``jrnn.methods.compiled``); the padded-sequence
+cases run the pure-JAX scan (``method="scan"``) as well.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def run_case(
     with_h0=False,
     lengths=None,
     unbatched=False,
-    kernel=None,
+    method="auto",
     seed=0,
 ):
     """Run one configuration in both frameworks; return the worst absolute difference."""
@@ -108,7 +108,7 @@ def run_case(
     jl = None if lengths is None else jnp.asarray(lengths, jnp.int32)
 
     def f(params, x, h0):
-        out, hn = spec.apply(params, x, h0, lengths=jl, kernel=kernel)
+        out, hn = spec.apply(params, x, h0, lengths=jl, method=method)
         h, c = hn if mode == "LSTM" else (hn, None)
         value = jnp.sum(out * w_out) + jnp.sum(h * w_h)
         if c is not None:
@@ -182,9 +182,9 @@ def test_parity_grid(case):
     ],
     ids=_id,
 )
-@pytest.mark.parametrize("kernel", [None, False], ids=["compiled", "scan"])
-def test_parity_lengths(case, kernel):
-    run_case(**case, lengths=LENGTHS, kernel=kernel)
+@pytest.mark.parametrize("method", ["auto", "scan"])
+def test_parity_lengths(case, method):
+    run_case(**case, lengths=LENGTHS, method=method)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])

@@ -19,22 +19,25 @@ SCRIPT = textwrap.dedent(
     import json, pathlib
     import jax, numpy as np
     from jax.sharding import PartitionSpec
-    from jrnn import runs, tasks, train
-    from jrnn.models import Classifier, LanguageModel
+    from jrnn.training import runs, steps
+    from jrnn.training.options import Options
+    from jrnn.training.tasks import classify, lm
+    from jrnn.training.tasks.classify import Classifier
+    from jrnn.training.tasks.lm import LanguageModel
 
     assert jax.local_device_count() == 4, jax.devices()
-    mesh = train.data_mesh()
+    mesh = steps.data_mesh()
     rng = np.random.default_rng(0)
 
     def compare(model, state, batches):
-        optimizer = train.make_optimizer("adamw", 1e-2)
-        step = train.make_train_step(model, optimizer)
+        optimizer = steps.make_optimizer("adamw", 1e-2)
+        step = steps.make_train_step(model, optimizer)
         results = []
         for m in (None, mesh):
-            s = train.shard(state, m)
+            s = steps.shard(state, m)
             losses = []
             for i, batch in enumerate(batches):
-                s, metrics = step(s, train.shard(batch, m), jax.random.key(i))
+                s, metrics = step(s, steps.shard(batch, m), jax.random.key(i))
                 losses.append(float(metrics["loss"]))
             results.append((losses, s))
         (l1, s1), (l4, s4) = results
@@ -49,29 +52,29 @@ SCRIPT = textwrap.dedent(
     items = [(rng.integers(2, 20, size=rng.integers(2, 9)), int(rng.integers(0, 2)))
              for _ in range(24)]
     model = Classifier(vocab_size=20, num_classes=2, embed=4, hidden=8, cell="rnn", dropout=0.2)
-    batches = list(tasks.classify_batches(items, 8, seed=0, buckets=(4, 8)))
-    ids = train.shard(batches[0], mesh)["ids"]
+    batches = list(classify.batches(items, 8, seed=0, buckets=(4, 8)))
+    ids = steps.shard(batches[0], mesh)["ids"]
     assert ids.sharding.spec == PartitionSpec("data")
     assert {s.data.shape for s in ids.addressable_shards} == {(2, ids.shape[1])}
-    optimizer = train.make_optimizer("adamw", 1e-2)
-    losses = compare(model, train.init_state(model, optimizer, jax.random.key(0)), batches)
+    optimizer = steps.make_optimizer("adamw", 1e-2)
+    losses = compare(model, steps.init_state(model, optimizer, jax.random.key(0)), batches)
 
     # language model: truncated BPTT with the carry split along its batch axis
     stream = rng.integers(0, 7, size=8 * 5 * 6 + 1)
-    lm = LanguageModel(vocab_size=7, embed=4, hidden=8)
-    state = train.init_state(lm, optimizer, jax.random.key(0), batch_size=8)
-    compare(lm, state, list(tasks.lm_batches(stream, 8, 6)))
+    language_model = LanguageModel(vocab_size=7, embed=4, hidden=8)
+    state = steps.init_state(language_model, optimizer, jax.random.key(0), batch_size=8)
+    compare(language_model, state, list(lm.batches(stream, 8, 6)))
 
     # evaluation over the mesh equals evaluation on one device
-    eval_step = train.make_eval_step(model)
+    eval_step = steps.make_eval_step(model)
     params = model.init(jax.random.key(1))
-    one = train.evaluate(eval_step, params, batches)
-    four = train.evaluate(eval_step, params, batches, mesh=mesh)
+    one = steps.evaluate(eval_step, params, batches)
+    four = steps.evaluate(eval_step, params, batches, mesh=mesh)
     np.testing.assert_allclose(one["loss"], four["loss"], rtol=1e-5)
 
     # a run whose batch does not split over the devices is a clear error
     try:
-        runs.train("lm", {"text": None}, runs.Options(batch_size=6), pathlib.Path("unused"))
+        runs.train("lm", {"text": None}, Options(batch_size=6), pathlib.Path("unused"))
     except ValueError as e:
         assert "not divisible by the 4 devices" in str(e), e
     else:

@@ -1,5 +1,5 @@
-// The machinery under jrnn's compiled recurrence (recurrence.cc): 16-float vectors, a
-// register-tiled matmul over packed panels of 32 columns, a team of threads that meets at a
+// The machinery under jrnn's compiled recurrence (recurrence.cc) that does not depend on the
+// instruction set (loops.h holds what does): aligned buffers, a team of threads that meets at a
 // barrier once per step, and shape checks for the XLA FFI handlers.
 
 #ifndef JRNN_CSRC_COMMON_H_
@@ -24,83 +24,8 @@ namespace {
 
 namespace ffi = xla::ffi;
 
-using vf = float __attribute__((vector_size(64)));
-
-constexpr int kLanes = 16;
-constexpr int kPanel = 32;  // matmul output columns per packed panel: two vectors
-constexpr int kTileRows = 8;
-
-inline vf Load(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline void Store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-
-inline vf Splat(float a) { return vf{a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
-
-// ---------------------------------------------------------------------------------------------
-// Matmul: out (m, 32) = a (m, K) @ b (K, 32), b packed (K rows of 32 contiguous floats), a
-// row-major with leading dimension lda. Register tiles of up to 8 rows x 32 columns; K in blocks
-// of 256, whose part of b (32 KiB) stays in L1 while every row tile reads it.
-
-template <int M, bool kAccumulate>
-void TileKernel(const float* __restrict a, int64_t lda, const float* __restrict b, int64_t k,
-                float* __restrict out) {
-  vf acc[M][2];
-#pragma GCC unroll 8
-  for (int r = 0; r < M; ++r) {
-    acc[r][0] = kAccumulate ? Load(out + r * kPanel) : vf{};
-    acc[r][1] = kAccumulate ? Load(out + r * kPanel + kLanes) : vf{};
-  }
-#pragma GCC unroll 2
-  for (int64_t kk = 0; kk < k; ++kk) {
-    const vf b0 = Load(b + kk * kPanel), b1 = Load(b + kk * kPanel + kLanes);
-#pragma GCC unroll 8
-    for (int r = 0; r < M; ++r) {
-      const vf x = Splat(a[r * lda + kk]);
-      acc[r][0] += x * b0;
-      acc[r][1] += x * b1;
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < M; ++r) {
-    Store(out + r * kPanel, acc[r][0]);
-    Store(out + r * kPanel + kLanes, acc[r][1]);
-  }
-}
-
-template <bool kAccumulate>
-void Tile(int m, const float* a, int64_t lda, const float* b, int64_t k, float* out) {
-  switch (m) {
-    case 1: return TileKernel<1, kAccumulate>(a, lda, b, k, out);
-    case 2: return TileKernel<2, kAccumulate>(a, lda, b, k, out);
-    case 3: return TileKernel<3, kAccumulate>(a, lda, b, k, out);
-    case 4: return TileKernel<4, kAccumulate>(a, lda, b, k, out);
-    case 5: return TileKernel<5, kAccumulate>(a, lda, b, k, out);
-    case 6: return TileKernel<6, kAccumulate>(a, lda, b, k, out);
-    case 7: return TileKernel<7, kAccumulate>(a, lda, b, k, out);
-    default: return TileKernel<8, kAccumulate>(a, lda, b, k, out);
-  }
-}
-
-inline void Matmul(int64_t m, const float* a, int64_t lda, const float* b, int64_t k,
-                   float* out) {
-  constexpr int64_t kBlock = 256;
-  for (int64_t k0 = 0; k0 < k; k0 += kBlock) {
-    const int64_t kb = std::min(kBlock, k - k0);
-    for (int64_t r0 = 0; r0 < m; r0 += kTileRows) {
-      const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - r0));
-      const float *ar = a + r0 * lda + k0, *bk = b + k0 * kPanel;
-      if (k0 == 0) {
-        Tile<false>(rows, ar, lda, bk, kb, out + r0 * kPanel);
-      } else {
-        Tile<true>(rows, ar, lda, bk, kb, out + r0 * kPanel);
-      }
-    }
-  }
-}
+constexpr int kPanel = 32;  // matmul output columns per packed panel
+constexpr int kLine = 16;   // floats per 64-byte cache line
 
 // ---------------------------------------------------------------------------------------------
 // Threads.
@@ -113,6 +38,15 @@ using Floats = std::unique_ptr<float[], AlignedFree>;
 Floats Allocate(size_t n) {
   size_t bytes = std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64);
   return Floats(static_cast<float*>(std::aligned_alloc(64, bytes)));
+}
+
+// Tells the core that this thread is spinning.
+inline void Pause() {
+#if defined(__x86_64__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
 }
 
 // A spinning barrier: steps are tens of microseconds, too short to sleep between.
@@ -129,7 +63,7 @@ class Barrier {
     }
     for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
       if (spins < 1 << 14) {
-        __builtin_ia32_pause();
+        Pause();
       } else {
         std::this_thread::yield();
       }

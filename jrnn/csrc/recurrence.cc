@@ -1,10 +1,10 @@
 // The recurrent loop of one RNN / LSTM / GRU layer as two XLA FFI calls (CPU, float32).
 //
-// `jrnn.kernel` is the Python side: it projects the inputs with XLA (one large matmul), calls
-// `jrnn_recurrence_fwd` for the loop over time, and in the backward pass calls
+// `jrnn.methods.compiled` is the Python side: it projects the inputs with XLA (one large
+// matmul), calls `jrnn_recurrence_fwd` for the loop over time, and in the backward pass calls
 // `jrnn_recurrence_bwd` for the loop back, then forms the weight gradients with XLA (one large
-// matmul each). The math is `jrnn.cells`'s, in PyTorch's layout; `jrnn.fused` is the pure-JAX
-// path these calls are tested against.
+// matmul each). The math is `jrnn.cells`'s, in PyTorch's layout; `jrnn.methods.scan` is the
+// pure-JAX path these calls are tested against.
 //
 // Shapes (float32 unless noted): T steps, B batch, k directions, R = B * k rows, H hidden units,
 // G gates (1 RNN, 4 LSTM i f g o, 3 GRU r z n). Arrays over time are (T, B, k, ...) seen as
@@ -35,9 +35,10 @@
 // elementwise gate math of those units, so each step needs a single barrier: all of h (forward)
 // or of the gate cotangents (backward) must be written before any thread starts the next step's
 // matmul.
-// Units are handed out per step as in common.h's Team (own share first, then help).
+// Units are handed out per step as in common.h's Team (own share first, then help). What a
+// unit computes is in loops.h, compiled once per instruction set (see "The loops" below).
 
-#ifdef __AVX512F__
+#if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
@@ -46,69 +47,11 @@
 namespace jrnn {
 namespace {
 
-using vi = int32_t __attribute__((vector_size(64)));
-
-constexpr int kUnitRows = 16;  // rows per unit of work: two register tiles share its weights
+constexpr int kUnitRows = 16;  // rows per unit of work: its register tiles share its weights
 
 enum Cell : int32_t { kRnnTanh = 0, kRnnRelu = 1, kLstm = 2, kGru = 3 };
 
 int Gates(int32_t cell) { return cell == kLstm ? 4 : cell == kGru ? 3 : 1; }
-
-// ---------------------------------------------------------------------------------------------
-// Vector math on 16 floats.
-
-inline vf Min(vf a, vf b) { return a < b ? a : b; }
-
-inline vf Max(vf a, vf b) { return a > b ? a : b; }
-
-// exp(x): x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-7 polynomial, 2^n by the
-// exponent bits. Relative error about 1e-7 over the clamped range (exp(-87.3) is the smallest
-// normal float; above 88.3 the result would overflow).
-inline vf Exp(vf x) {
-  x = Max(Min(x, Splat(88.3f)), Splat(-87.3f));
-  const vf magic = Splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  vf n = (x * Splat(1.44269504088896341f) + magic) - magic;
-  vf r = x - n * Splat(0.693359375f);
-  r = r - n * Splat(-2.12194440e-4f);
-  vf p = Splat(1.9875691500e-4f);
-  p = p * r + Splat(1.3981999507e-3f);
-  p = p * r + Splat(8.3334519073e-3f);
-  p = p * r + Splat(4.1665795894e-2f);
-  p = p * r + Splat(1.6666665459e-1f);
-  p = p * r + Splat(5.0000001201e-1f);
-  p = p * r * r + r + Splat(1.0f);
-  vi e = (__builtin_convertvector(n, vi) + 127) << 23;
-  return p * __builtin_bit_cast(vf, e);
-}
-
-// 1 / x: AVX-512's 14-bit estimate and one Newton step (relative error about 1e-8, a third of
-// a division's time); elsewhere a division.
-inline vf Reciprocal(vf x) {
-#ifdef __AVX512F__
-  const vf r = reinterpret_cast<vf>(_mm512_rcp14_ps(reinterpret_cast<__m512>(x)));
-  return r * (Splat(2.0f) - x * r);
-#else
-  return Splat(1.0f) / x;
-#endif
-}
-
-inline vf Sigmoid(vf x) { return Reciprocal(Splat(1.0f) + Exp(-x)); }
-
-// tanh(x): an odd polynomial below |x| = 0.625 (fitted to tanh(x) / x in x^2, relative error
-// under 1e-7), else sign(x) * (1 - 2 / (exp(2|x|) + 1)), which has no cancellation there.
-inline vf Tanh(vf x) {
-  vf ax = Max(x, -x);
-  vf x2 = x * x;
-  vf p = Splat(5.7188915e-3f);
-  p = p * x2 + Splat(-2.0653063e-2f);
-  p = p * x2 + Splat(5.3744640e-2f);
-  p = p * x2 + Splat(-1.3331513e-1f);
-  p = p * x2 + Splat(3.3333287e-1f);
-  vf small = x - x * x2 * p;
-  vf big = Splat(1.0f) - Splat(2.0f) * Reciprocal(Exp(ax + ax) + Splat(1.0f));
-  big = x < Splat(0.0f) ? -big : big;
-  return ax < Splat(0.625f) ? small : big;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Shapes shared by both directions of the computation.
@@ -228,90 +171,6 @@ struct Forward {
   const float *gx, *w, *b, *h0, *c0;
   const uint8_t* mask;
   float *hs, *aux, *act;  // may alias gx (see the FFI handler)
-
-  // Asks for the unit's lines of step s + 1 to be brought into L2 for writing: gx (which act
-  // overwrites), hs and aux. The gate math touches them right after the matmul, and their
-  // short, row-strided runs escape the hardware prefetcher.
-  void Prefetch(int64_t s, const Unit& u) const {
-    const int64_t h = d.hidden, gh = d.gh(), time = d.Time(s + 1, u.it.dir);
-    for (int64_t seq = u.b0; seq < u.b0 + u.m; ++seq) {
-      const int64_t at = time * d.rows + d.Row(seq, u.it.dir);
-      for (int64_t c = 0; c < u.it.nu; c += kLanes) {
-        for (int64_t g = 0; g < d.gates; ++g) {
-          __builtin_prefetch(gx + at * gh + g * h + u.it.u0 + c, 1, 2);
-        }
-        __builtin_prefetch(hs + at * h + u.it.u0 + c, 1, 2);
-        if (d.gates > 1) __builtin_prefetch(aux + at * h + u.it.u0 + c, 1, 2);
-      }
-    }
-  }
-
-  // Step s of one unit: the matmul of its item's gate columns for its rows, then the gate
-  // math. packed: the item's weights; tiles: (gates, kUnitRows, 32).
-  void Step(int64_t s, const Unit& u, const float* packed, float* tiles) const {
-    const int64_t h = d.hidden, j = u.it.dir;
-    // h_prev of the unit's sequences: rows of h0 (stride H) or of hs (stride k*H)
-    const float* hprev = s == 0 ? h0 + d.CarryRow(u.b0, j) * h
-                                : hs + (d.Time(s - 1, j) * d.rows + d.Row(u.b0, j)) * h;
-    const int64_t lda = s == 0 ? h : d.dirs * h;
-    if (s + 1 < d.steps) Prefetch(s, u);
-    for (int64_t g = 0; g < d.gates; ++g) {
-      Matmul(u.m, hprev, lda, packed + g * h * kPanel, h, tiles + g * kUnitRows * kPanel);
-    }
-    for (int i = 0; i < u.m; ++i) Pointwise(s, u.it, u.b0 + i, tiles + i * kPanel);
-  }
-
-  // The gate math of sequence seq; gate g's matmul row is tile[g * kUnitRows * 32 ...].
-  void Pointwise(int64_t s, const Item& it, int64_t seq, const float* tile) const {
-    const int64_t h = d.hidden, gh = d.gh(), time = d.Time(s, it.dir);
-    const int64_t at = time * d.rows + d.Row(seq, it.dir), stride = kUnitRows * kPanel;
-    const bool keep = mask[time * d.batch + seq] != 0, lstm = d.cell == kLstm;
-    Lanes lanes(it.nu);
-    // Every input is read before any output is written, lane by lane: the outputs may
-    // overwrite gx (act, or hs for RNN).
-    const float *x[4], *bias[4], *cp = nullptr;
-    float *aux_out = nullptr, *a_out[4] = {};
-    for (int64_t g = 0; g < d.gates; ++g) {
-      x[g] = lanes.In(gx + at * gh + g * h + it.u0);
-      bias[g] = lanes.In(b + it.dir * gh + g * h + it.u0);
-    }
-    const float* hp = lanes.In(Carry(d, h0, hs, s, seq, it));
-    if (lstm) cp = lanes.In(Carry(d, c0, aux, s, seq, it));
-    float* h_out = lanes.Out(hs + at * h + it.u0);
-    if (d.gates > 1) {
-      aux_out = lanes.Out(aux + at * h + it.u0);
-      for (int64_t g = 0; g < d.gates; ++g) a_out[g] = lanes.Out(act + at * gh + g * h + it.u0);
-    }
-    for (int v = 0; v < kPanel; v += kLanes) {
-      auto rec = [&](int g) { return Load(tile + g * stride + v) + Load(bias[g] + v); };
-      const vf hv = Load(hp + v);
-      vf y;
-      if (lstm) {
-        const vf ig = Sigmoid(rec(0) + Load(x[0] + v)), fg = Sigmoid(rec(1) + Load(x[1] + v));
-        const vf gg = Tanh(rec(2) + Load(x[2] + v)), og = Sigmoid(rec(3) + Load(x[3] + v));
-        const vf c = fg * Load(cp + v) + ig * gg;
-        y = og * Tanh(c);
-        Store(a_out[0] + v, ig);
-        Store(a_out[1] + v, fg);
-        Store(a_out[2] + v, gg);
-        Store(a_out[3] + v, og);
-        Store(aux_out + v, keep ? c : Load(cp + v));
-      } else if (d.cell == kGru) {
-        const vf rg = Sigmoid(rec(0) + Load(x[0] + v)), zg = Sigmoid(rec(1) + Load(x[1] + v));
-        const vf hhn = rec(2), ng = Tanh(Load(x[2] + v) + rg * hhn);
-        y = ng + zg * (hv - ng);
-        Store(a_out[0] + v, rg);
-        Store(a_out[1] + v, zg);
-        Store(a_out[2] + v, ng);
-        Store(aux_out + v, hhn);
-      } else {
-        const vf p = rec(0) + Load(x[0] + v);
-        y = d.cell == kRnnTanh ? Tanh(p) : Max(p, vf{});
-      }
-      Store(h_out + v, keep ? y : hv);
-    }
-    lanes.Flush();
-  }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -335,111 +194,127 @@ struct Backward {
   float *dgx, *drec;     // may alias act and aux, or dgx dhs (see the FFI handler)
   float *dh, *dc;        // the cotangent of the carry entering the present step
   float* dgh[2];         // GRU: cotangent of the recurrent half (k*B, G*H), by step parity
-
-  // Gate cotangents of the unit's sequences at step s; leaves in dh / dc the part of the
-  // previous carry's cotangent that does not go through the matmul.
-  void Rows(int64_t s, const Unit& u) const {
-    for (int64_t b = u.b0; b < u.b0 + u.m; ++b) Row(s, u.it, b);
-  }
-
-  void Row(int64_t s, const Item& it, int64_t b) const {
-    const int64_t h = d.hidden, gh = d.gh(), time = d.Time(s, it.dir);
-    const int64_t at = time * d.rows + d.Row(b, it.dir), row = d.CarryRow(b, it.dir);
-    const int64_t carry = row * h + it.u0;
-    const bool keep = mask[time * d.batch + b] != 0, lstm = d.cell == kLstm;
-    const bool gru = d.cell == kGru;
-    Lanes lanes(it.nu);
-    // As in the forward pass, every input is read before any output is written, lane by lane.
-    const float *a[4] = {}, *c = nullptr, *cp = nullptr, *g_c_in = nullptr, *dc_in = nullptr;
-    float *dgx_out[4], *dgh_out[4] = {}, *dc_out = nullptr, *drec_out = nullptr;
-    const float* g_h_in = lanes.In(dhs + at * h + it.u0);
-    const float* dh_in = lanes.In(dh + carry);
-    if (lstm) {
-      g_c_in = lanes.In(dcs + at * h + it.u0);
-      dc_in = lanes.In(dc + carry);
-      c = lanes.In(aux + at * h + it.u0);
-      cp = lanes.In(Carry(d, c0, aux, s, b, it));
-    } else if (gru) {
-      c = lanes.In(Carry(d, h0, hs, s, b, it));  // h_{t-1}
-      a[3] = lanes.In(aux + at * h + it.u0);    // the recurrent half of n
-    } else {
-      c = lanes.In(hs + at * h + it.u0);
-    }
-    if (d.gates > 1) {
-      for (int64_t g = 0; g < d.gates; ++g) a[g] = lanes.In(act + at * gh + g * h + it.u0);
-    }
-    for (int64_t g = 0; g < d.gates; ++g) {
-      dgx_out[g] = lanes.Out(dgx + at * gh + g * h + it.u0);
-      if (gru) dgh_out[g] = lanes.Out(dgh[s & 1] + row * gh + g * h + it.u0);
-    }
-    if (gru) drec_out = lanes.Out(drec + at * h + it.u0);
-    float* dh_out = lanes.Out(dh + carry);
-    if (lstm) dc_out = lanes.Out(dc + carry);
-    const vf one = Splat(1.0f);
-    for (int v = 0; v < kPanel; v += kLanes) {
-      const vf g_h = Load(g_h_in + v) + Load(dh_in + v);
-      if (!keep) {
-        for (int64_t g = 0; g < d.gates; ++g) {
-          Store(dgx_out[g] + v, vf{});
-          if (gru) Store(dgh_out[g] + v, vf{});
-        }
-        if (gru) Store(drec_out + v, vf{});
-        Store(dh_out + v, g_h);
-        if (lstm) Store(dc_out + v, Load(g_c_in + v) + Load(dc_in + v));
-        continue;
-      }
-      if (lstm) {
-        const vf ig = Load(a[0] + v), fg = Load(a[1] + v), gg = Load(a[2] + v);
-        const vf og = Load(a[3] + v), tc = Tanh(Load(c + v));
-        const vf g_c = Load(g_c_in + v) + Load(dc_in + v) + g_h * og * (one - tc * tc);
-        Store(dgx_out[0] + v, g_c * gg * ig * (one - ig));
-        Store(dgx_out[1] + v, g_c * Load(cp + v) * fg * (one - fg));
-        Store(dgx_out[2] + v, g_c * ig * (one - gg * gg));
-        Store(dgx_out[3] + v, g_h * tc * og * (one - og));
-        Store(dh_out + v, vf{});
-        Store(dc_out + v, g_c * fg);
-      } else if (gru) {
-        const vf rg = Load(a[0] + v), zg = Load(a[1] + v), ng = Load(a[2] + v);
-        const vf hhn = Load(a[3] + v), hp = Load(c + v);
-        const vf dn = g_h * (one - zg) * (one - ng * ng);
-        const vf dr = dn * hhn * rg * (one - rg), dz = g_h * (hp - ng) * zg * (one - zg);
-        Store(dgx_out[0] + v, dr);
-        Store(dgx_out[1] + v, dz);
-        Store(dgx_out[2] + v, dn);
-        Store(dgh_out[0] + v, dr);
-        Store(dgh_out[1] + v, dz);
-        Store(dgh_out[2] + v, dn * rg);
-        Store(drec_out + v, dn * rg);
-        Store(dh_out + v, g_h * zg);
-      } else {
-        const vf hn = Load(c + v);
-        Store(dgx_out[0] + v,
-              d.cell == kRnnTanh ? g_h * (one - hn * hn) : (hn > vf{} ? g_h : vf{}));
-        Store(dh_out + v, vf{});
-      }
-    }
-    lanes.Flush();
-  }
-
-  // Adds the recurrent matmul's part, dgh_s @ w, to the unit's block of dh.
-  void AddRecurrent(int64_t s, const Unit& u, const float* packed, float* tile) const {
-    const int64_t h = d.hidden, gh = d.gh(), nu = u.it.nu, j = u.it.dir;
-    // the unit's rows of dgh: GRU's scratch (k*B, G*H), else dgx (T, R, G*H)
-    const bool gru = d.cell == kGru;
-    const float* a = gru ? dgh[s & 1] + d.CarryRow(u.b0, j) * gh
-                         : dgx + (d.Time(s, j) * d.rows + d.Row(u.b0, j)) * gh;
-    Matmul(u.m, a, gru ? gh : d.dirs * gh, packed, gh, tile);
-    for (int i = 0; i < u.m; ++i) {
-      float* dst = dh + d.CarryRow(u.b0 + i, j) * h + u.it.u0;
-      const float* src = tile + i * kPanel;
-      if (nu == kPanel) {
-        for (int v = 0; v < kPanel; v += kLanes) Store(dst + v, Load(dst + v) + Load(src + v));
-      } else {
-        for (int64_t c = 0; c < nu; ++c) dst[c] += src[c];
-      }
-    }
-  }
 };
+
+}  // namespace
+}  // namespace jrnn
+
+// ---------------------------------------------------------------------------------------------
+// The loops (loops.h), compiled once per instruction set. The library as a whole is built for a
+// baseline that every CPU of its architecture runs (setup.py: x86-64-v2, up to SSE4.2, on
+// x86-64), so it loads anywhere; on x86-64 the loops are compiled twice more, for AVX2 with FMA
+// and for AVX-512, and the handlers run the widest set that the CPU has, or the one Python
+// selects (jrnn.methods.compiled: the variable JRNN_ISA). Each set's vectors are its registers'
+// width; its register tile (kTileRows rows of kPanel / kLanes vectors) is as tall as its
+// registers hold, with one row of b and a broadcast beside it.
+
+#ifdef __clang__
+#error "jrnn/csrc needs GCC: it compiles loops.h once per instruction set with #pragma GCC target"
+#endif
+
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma")
+namespace jrnn {
+namespace {
+namespace avx512 {
+constexpr int kLanes = 16;    // 32 registers of 16 floats
+constexpr int kTileRows = 8;  // 16 accumulators
+using vf = float __attribute__((vector_size(4 * kLanes)));
+
+// The 14-bit estimate and one Newton step: relative error about 1e-8, a third of a division's
+// time.
+inline vf Reciprocal(vf x) {
+  const vf r = reinterpret_cast<vf>(_mm512_rcp14_ps(reinterpret_cast<__m512>(x)));
+  return r * (2.0f - x * r);
+}
+
+#include "loops.h"
+}  // namespace avx512
+}  // namespace
+}  // namespace jrnn
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace jrnn {
+namespace {
+namespace avx2 {
+constexpr int kLanes = 8;     // 16 registers of 8 floats
+constexpr int kTileRows = 2;  // 8 accumulators
+using vf = float __attribute__((vector_size(4 * kLanes)));
+inline vf Reciprocal(vf x) { return 1.0f / x; }
+#include "loops.h"
+}  // namespace avx2
+}  // namespace
+}  // namespace jrnn
+#pragma GCC pop_options
+#endif
+
+namespace jrnn {
+namespace {
+namespace baseline {
+constexpr int kLanes = 4;  // SSE (16 registers) or NEON (32 registers) of 4 floats
+#if defined(__aarch64__)
+constexpr int kTileRows = 2;  // 16 accumulators
+#else
+constexpr int kTileRows = 1;  // 8 accumulators
+#endif
+using vf = float __attribute__((vector_size(4 * kLanes)));
+inline vf Reciprocal(vf x) { return 1.0f / x; }
+#include "loops.h"
+}  // namespace baseline
+
+struct Path {
+  const char* name;
+  bool (*runs)();  // whether this CPU has the instructions
+  void (*forward)(const Forward&);
+  void (*backward)(const Backward&);
+};
+
+#if defined(__x86_64__)
+bool HasAvx512() {
+  __builtin_cpu_init();  // may run before libgcc's own constructor does
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("fma");
+}
+
+bool HasAvx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#endif
+
+bool Always() { return true; }
+
+// Widest first.
+constexpr Path kPaths[] = {
+#if defined(__x86_64__)
+    {"avx512", HasAvx512, avx512::RunForward, avx512::RunBackward},
+    {"avx2", HasAvx2, avx2::RunForward, avx2::RunBackward},
+#endif
+    {"baseline", Always, baseline::RunForward, baseline::RunBackward},
+};
+
+// The widest path this CPU runs (the last one, the baseline, runs on every CPU).
+const Path* Widest() {
+  const Path* path = kPaths;
+  while (!path->runs()) ++path;
+  return path;
+}
+
+// The path the handlers run: the widest one, unless JrnnRecurrenceSelectIsa chose another.
+const Path* selected = Widest();
+
+// The paths this CPU runs, widest first, separated by ", ".
+std::string Runnable() {
+  std::string names;
+  for (const Path& path : kPaths) {
+    if (path.runs()) names += (names.empty() ? "" : ", ") + std::string(path.name);
+  }
+  return names;
+}
 
 // ---------------------------------------------------------------------------------------------
 // FFI handlers.
@@ -493,26 +368,10 @@ ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w, ffi::Bu
   const Forward f{d,           gx.typed_data(), w.typed_data(),  b.typed_data(),
                   h0.typed_data(), c0.typed_data(), mask.typed_data(), hs->typed_data(),
                   aux->typed_data(), act->typed_data()};
-  const int64_t items = d.dirs * d.panels(), per_item = d.gates * H * kPanel;
-  Team team(Units(d), Cores(d));
-  Floats packed = Allocate(items * per_item);
-  Floats tiles = Allocate(team.threads() * d.gates * kUnitRows * kPanel);
-  team.Run([&](int me) {
-    for (int64_t i = me; i < items; i += team.threads()) {
-      PackForward(d, f.w, ItemAt(d, i), packed.get() + i * per_item);
-    }
-    team.Sync();
-    float* tile = tiles.get() + me * d.gates * kUnitRows * kPanel;
-    for (int64_t s = 0; s < T; ++s) {
-      team.ForEach(me, s, [&](int64_t index) {
-        const Unit u = UnitAt(d, index);
-        f.Step(s, u, packed.get() + u.it.index * per_item, tile);
-      });
-      team.Sync();
-    }
-  });
+  selected->forward(f);
   return ffi::Error::Success();
 }
+
 
 // Backward inputs: the forward's inputs and outputs, and dhs, dcs: the cotangents of hs and
 // of aux (read for LSTM only). Outputs: dgx (T, R, G*H); drec, for GRU the cotangent of n's
@@ -561,32 +420,10 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
                     dh0->typed_data(),
                     dc0->typed_data(),
                     {scratch.get(), scratch.get() + (cell == kGru ? R * d.gh() : 0)}};
-  // Step t's matmul and step t - 1's gate math of a unit go together: the gate math needs the
-  // unit's block of dh, which the matmul has just completed.
-  const int64_t items = d.dirs * d.panels(), per_item = d.gh() * kPanel;
-  Team team(Units(d), Cores(d));
-  Floats packed = Allocate(items * per_item);
-  Floats tiles = Allocate(team.threads() * kUnitRows * kPanel);
-  team.Run([&](int me) {
-    for (int64_t i = me; i < items; i += team.threads()) {
-      PackBackward(d, bw.w, ItemAt(d, i), packed.get() + i * per_item);
-    }
-    team.Sync();
-    float* tile = tiles.get() + me * kUnitRows * kPanel;
-    int64_t step = 0;
-    team.ForEach(me, step++, [&](int64_t index) { bw.Rows(T - 1, UnitAt(d, index)); });
-    team.Sync();
-    for (int64_t t = T - 1; t >= 0; --t) {
-      team.ForEach(me, step++, [&](int64_t index) {
-        const Unit u = UnitAt(d, index);
-        bw.AddRecurrent(t, u, packed.get() + u.it.index * per_item, tile);
-        if (t > 0) bw.Rows(t - 1, u);
-      });
-      team.Sync();
-    }
-  });
+  selected->backward(bw);
   return ffi::Error::Success();
 }
+
 
 }  // namespace
 }  // namespace jrnn
@@ -622,3 +459,35 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceBackward, jrnn::BackwardFfi,
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // drec
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dh0
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>());  // dc0
+
+// For jrnn.methods.compiled: the instruction set the handlers run ("avx512", "avx2" or
+// "baseline"), the sets this CPU runs, and the choice of one (what JRNN_ISA names).
+extern "C" {
+
+const char* JrnnRecurrenceIsa() { return jrnn::selected->name; }
+
+// Widest first, separated by ", ".
+const char* JrnnRecurrenceIsas() {
+  static const std::string names = jrnn::Runnable();
+  return names.c_str();
+}
+
+// Makes the handlers run the set `name`. Returns "" once they do, else why not.
+const char* JrnnRecurrenceSelectIsa(const char* name) {
+  static std::string reason;
+  std::string known;
+  for (const jrnn::Path& path : jrnn::kPaths) {
+    known += (known.empty() ? "" : ", ") + std::string(path.name);
+    if (std::strcmp(path.name, name) != 0) continue;
+    if (!path.runs()) {
+      reason = "this CPU cannot run it; it runs " + jrnn::Runnable();
+      return reason.c_str();
+    }
+    jrnn::selected = &path;
+    return "";
+  }
+  reason = "expected one of " + known;
+  return reason.c_str();
+}
+
+}  // extern "C"

@@ -10,8 +10,10 @@ from jrnn.data.batching import (
     split,
 )
 from jrnn.data.readers import (
+    FileFormatError,
     load_rt_polarity,
     read_conllu,
+    read_json,
     read_text,
     read_tsv,
 )
@@ -21,6 +23,7 @@ from jrnn.data.vocab import (
 )
 
 __all__ = [
+    "FileFormatError",
     "Vocab",
     "batches",
     "bucket_length",
@@ -30,6 +33,7 @@ __all__ = [
     "load_rt_polarity",
     "pad_batch",
     "read_conllu",
+    "read_json",
     "read_text",
     "read_tsv",
     "split",

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
+PaddedBatch = tuple[np.ndarray, np.ndarray, np.ndarray]  # (ids, lengths, targets)
 
 
 def pad_batch(
@@ -84,7 +84,7 @@ def batches(
     drop_last: bool = False,
     pad_id: int = 0,
     tag_pad_id: int = 0,
-) -> Iterator[Batch]:
+) -> Iterator[PaddedBatch]:
     """Yield padded mini-batches of ``(ids, target)`` examples.
 
     A target is either one class label per example or a 1-D array of per-token tags as long as

@@ -1,13 +1,30 @@
-"""Readers for plain text, TSV classification, CoNLL-U tagging and rt-polarity files.
+"""Readers for plain text, TSV classification, CoNLL-U tagging, rt-polarity and JSON files.
 
-Every reader decodes its file as UTF-8 (unless stated otherwise) and reports bad input as a
-``ValueError`` whose message starts with ``"path:line:"``.
+Every reader decodes its file as UTF-8 (unless stated otherwise; a leading byte-order mark is
+dropped, line ends are normalised to ``"\\n"``) and reports bad content as a
+:class:`FileFormatError`, a ``ValueError`` whose message starts with ``"path:line:"`` (``"path:"``
+when no one line is at fault). Whatever a file holds, a reader returns or raises that error; a
+missing or unreadable file raises the ``OSError`` of ``open``.
+
+Example:
+    >>> import pathlib, tempfile
+    >>> from jrnn.data import FileFormatError, read_tsv
+    >>> path = pathlib.Path(tempfile.mkdtemp(), "train.tsv")
+    >>> _ = path.write_bytes(b"pos\\tfine\\nno tab\\n")
+    >>> try:
+    ...     read_tsv(path)
+    ... except FileFormatError as e:
+    ...     print(e.line, str(e).split(": ", 1)[1])
+    2 expected 'label<TAB>text', got 'no tab'
 """
 
 from __future__ import annotations
 
+import codecs
+import json
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,14 +33,53 @@ PathType = str | PathLike[str]
 _CONLLU_TAG_COLUMN = {"upos": 3, "xpos": 4}
 
 
+class FileFormatError(ValueError):
+    """A file whose content a reader cannot take.
+
+    Attributes:
+        path: the file.
+        line: the 1-based line at fault, or None when no one line is.
+    """
+
+    def __init__(self, path: PathType, line: int | None, message: str) -> None:
+        super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+        self.path = path
+        self.line = line
+
+
+def _lines(text: str) -> str:
+    """``text`` with its line ends (``\\r\\n``, ``\\r``) as ``\\n``."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _read(path: PathType, encoding: str = "utf-8") -> str:
     """Read a whole file, naming the line of the first undecodable byte on failure."""
-    with open(path, encoding=encoding) as f:
-        try:
-            return f.read()
-        except UnicodeDecodeError as e:
-            line = e.object.count(b"\n", 0, e.start) + 1
-            raise ValueError(f"{path}:{line}: not valid {encoding}: {e.reason}") from None
+    data = Path(path).read_bytes()
+    if encoding == "utf-8" and data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    try:
+        return _lines(data.decode(encoding))
+    except UnicodeDecodeError as e:
+        line = _lines(data[: e.start].decode(encoding)).count("\n") + 1
+        raise FileFormatError(path, line, f"not valid {encoding}: {e.reason}") from None
+
+
+def read_json(path: PathType) -> Any:
+    """Read a UTF-8 JSON file (a vocabulary, a checkpoint's record).
+
+    Raises:
+        FileFormatError: If the file is not valid UTF-8 or not valid JSON (with the line of the
+            first error).
+    """
+    text = _read(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FileFormatError(path, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise FileFormatError(path, None, f"invalid JSON: {e}") from None
+    except RecursionError:
+        raise FileFormatError(path, None, "invalid JSON: nested too deeply") from None
 
 
 def read_text(path: PathType) -> str:
@@ -37,11 +93,11 @@ def read_text(path: PathType) -> str:
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: If the file is empty or not valid UTF-8.
+        FileFormatError: If the file is empty or not valid UTF-8.
     """
     text = _read(path)
     if not text:
-        raise ValueError(f"{path}: file is empty")
+        raise FileFormatError(path, None, "file is empty")
     return text
 
 
@@ -57,7 +113,7 @@ def read_tsv(path: PathType) -> tuple[list[str], list[str]]:
         ``(texts, labels)``, two lists of the same length.
 
     Raises:
-        ValueError: On a non-blank line with no tab or an empty label, or if no rows.
+        FileFormatError: On a non-blank line with no tab or an empty label, or if no rows.
     """
     texts, labels = [], []
     for lineno, line in enumerate(_read(path).split("\n"), start=1):
@@ -65,11 +121,11 @@ def read_tsv(path: PathType) -> tuple[list[str], list[str]]:
             continue
         label, tab, text = line.partition("\t")
         if not tab or not label.strip():
-            raise ValueError(f"{path}:{lineno}: expected 'label<TAB>text', got {line[:60]!r}")
+            raise FileFormatError(path, lineno, f"expected 'label<TAB>text', got {line[:60]!r}")
         labels.append(label.strip())
         texts.append(text.strip())
     if not texts:
-        raise ValueError(f"{path}: no 'label<TAB>text' rows found")
+        raise FileFormatError(path, None, "no 'label<TAB>text' rows found")
     return texts, labels
 
 
@@ -87,7 +143,7 @@ def read_conllu(path: PathType, *, tag: str = "upos") -> list[tuple[list[str], l
         One ``(words, tags)`` pair of equal-length lists per sentence.
 
     Raises:
-        ValueError: On a line without 10 tab-separated columns, an out-of-order token id,
+        FileFormatError: On a line without 10 tab-separated columns, an out-of-order token id,
             or if the file has no sentences.
     """
     if tag not in _CONLLU_TAG_COLUMN:
@@ -106,18 +162,20 @@ def read_conllu(path: PathType, *, tag: str = "upos") -> list[tuple[list[str], l
             continue
         cols = line.split("\t")
         if len(cols) != 10:
-            raise ValueError(f"{path}:{lineno}: expected 10 tab-separated columns, got {len(cols)}")
+            raise FileFormatError(
+                path, lineno, f"expected 10 tab-separated columns, got {len(cols)}"
+            )
         if "-" in cols[0] or "." in cols[0]:
             continue
         if cols[0] != str(len(words) + 1):
             expected = len(words) + 1
-            raise ValueError(f"{path}:{lineno}: expected token id {expected}, got {cols[0]!r}")
+            raise FileFormatError(path, lineno, f"expected token id {expected}, got {cols[0]!r}")
         words.append(cols[1])
         tags.append(cols[column])
     if words:
         sentences.append((words, tags))
     if not sentences:
-        raise ValueError(f"{path}: no sentences found")
+        raise FileFormatError(path, None, "no sentences found")
     return sentences
 
 
@@ -141,7 +199,7 @@ def load_rt_polarity(data_dir: PathType) -> tuple[list[str], np.ndarray]:
         path = Path(data_dir) / name
         try:
             content = _read(path)
-        except ValueError:
+        except FileFormatError:
             content = _read(path, encoding="latin-1")
         lines = [line.strip() for line in content.split("\n") if line.strip()]
         texts += lines

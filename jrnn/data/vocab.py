@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jrnn.data.readers import FileFormatError, read_json
+
 # A word is a run of letters/digits, with apostrophes allowed inside it ("don't", "film's").
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
@@ -141,7 +143,10 @@ class Vocab:
     @classmethod
     def from_json(cls, text: str) -> Vocab:
         """Inverse of `to_json`."""
-        data = json.loads(text)
+        return cls._from_data(json.loads(text))
+
+    @classmethod
+    def _from_data(cls, data: object) -> Vocab:
         if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
             raise ValueError('expected a JSON object {"tokens": [...]}')
         return cls(tuple(data["tokens"]))
@@ -152,10 +157,13 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | PathLike[str]) -> Vocab:
-        """Read a vocabulary written by `save`."""
+        """Read a vocabulary written by `save`.
+
+        Raises:
+            FileFormatError: If the file is not valid JSON or not a vocabulary.
+        """
+        data = read_json(path)
         try:
-            return cls.from_json(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: invalid vocabulary JSON: {e.msg}") from None
+            return cls._from_data(data)
         except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise FileFormatError(path, None, str(e)) from None

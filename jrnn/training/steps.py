@@ -6,26 +6,29 @@ model trains with truncated BPTT: ``state.carry`` holds the recurrent state at t
 previous chunk; the next step starts from it with its gradient stopped, so backpropagation runs
 through one chunk only while the state flows through the whole stream.
 
-Data parallelism: :func:`data_mesh` makes a 1-D mesh over the local devices; :func:`shard`
-replicates the params and optimiser state and splits batches (and the carry) along the batch
-axis. The jitted step then runs on every device and the loss is the same as on one device.
+Data parallelism: :func:`data_mesh` makes a 1-D mesh over the devices of every process (see
+:mod:`jrnn.training.distributed`); :func:`shard` replicates the params and optimiser state and
+splits batches (and the carry) along the batch axis, each process transferring only its own
+devices' rows. The jitted step then runs on every device and the loss is the same as on one
+device.
 
 Example:
     >>> import jax, numpy as np
-    >>> from jrnn.models import LanguageModel
-    >>> from jrnn import train
+    >>> from jrnn.training import steps
+    >>> from jrnn.training.tasks.lm import LanguageModel
     >>> model = LanguageModel(vocab_size=5, embed=4, hidden=8)
-    >>> optimizer = train.make_optimizer("adam", 1e-2)
-    >>> state = train.init_state(model, optimizer, jax.random.key(0), batch_size=2)
-    >>> step = train.make_train_step(model, optimizer)
+    >>> optimizer = steps.make_optimizer("adam", 1e-2)
+    >>> state = steps.init_state(model, optimizer, jax.random.key(0), batch_size=2)
+    >>> step = steps.make_train_step(model, optimizer)
     >>> batch = {"ids": np.zeros((2, 3), np.int32), "targets": np.ones((2, 3), np.int32)}
     >>> state, metrics = step(state, batch, jax.random.key(1))
     >>> int(state.step), sorted(metrics)
-    (1, ['accuracy', 'grad_norm', 'loss'])
+    (1, ['accuracy', 'finite', 'grad_norm', 'loss'])
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -37,7 +40,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jrnn.losses import accuracy, cross_entropy
-from jrnn.models import LanguageModel, Model
+from jrnn.training.batches import Batch
+from jrnn.training.model import Model
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -50,8 +54,8 @@ class TrainState(NamedTuple):
         step: `()` int32 number of steps taken.
         params: the model's params.
         opt_state: the optimiser's state (the learning rate is in ``opt_state.hyperparams``).
-        carry: a language model's recurrent state between chunks (`(layers, B, H)` leaves), or
-            None for the other tasks.
+        carry: the model's state between batches (``model.zero_carry``): a language model's
+            `(layers, B, H)` leaves, None for the other tasks.
     """
 
     step: jax.Array
@@ -129,52 +133,62 @@ def init_state(
     *,
     batch_size: int | None = None,
 ) -> TrainState:
-    """Fresh params and optimiser state; a language model also needs ``batch_size`` (the carry)."""
+    """Fresh params, optimiser state and carry (a language model's needs ``batch_size``)."""
     params = model.init(key)
-    carry = None
-    if isinstance(model, LanguageModel):
-        if batch_size is None:
-            raise ValueError("batch_size: a language model's state needs the batch size, got None")
-        carry = model.zero_carry(batch_size)
+    carry = model.zero_carry(params, batch_size)
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), carry)
 
 
-def _loss(model: Model, params: Any, batch: dict, carry: Any, key: jax.Array | None):
+def _loss(model: Model, params: Any, batch: Batch, carry: Any, key: jax.Array | None):
     logits, carry = model.forward(params, batch, carry, dropout_key=key)
     mask = batch.get("mask")
     loss = cross_entropy(logits, batch["targets"], mask)
     return loss, (accuracy(logits, batch["targets"], mask), carry)
 
 
+def _all_finite(tree: Any) -> jax.Array:
+    """`()` bool: whether every element of every leaf of ``tree`` is finite."""
+    return jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]).all()
+
+
 def make_train_step(
     model: Model, optimizer: optax.GradientTransformation
-) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
     """The jit-compiled ``train_step(state, batch, key) -> (state, metrics)``.
 
-    ``key`` drives dropout. ``metrics`` holds the batch's mean ``loss``, ``accuracy`` and the
-    gradients' global norm before clipping, ``grad_norm``.
+    ``key`` drives dropout. ``metrics`` holds the batch's mean ``loss``, ``accuracy``, the
+    gradients' global norm before clipping, ``grad_norm``, and ``finite``: whether the loss, the
+    gradient norm and the updated params are all finite. A step that is not finite is not
+    applied: it returns the params, optimiser state and carry it was given, with ``step + 1``
+    (its batch counts as read; :func:`jrnn.training.loop.fit` decides whether to go on).
     """
 
-    def train_step(state: TrainState, batch: dict, key: jax.Array) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, dict]:
         carry = jax.lax.stop_gradient(state.carry)  # truncated BPTT: no gradient into the past
         grad_fn = jax.value_and_grad(lambda p: _loss(model, p, batch, carry, key), has_aux=True)
         (loss, (acc, carry)), grads = grad_fn(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads)}
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
+        applied, kept = (params, opt_state, carry), (state.params, state.opt_state, state.carry)
+        params, opt_state, carry = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), applied, kept
+        )
+        metrics = {"loss": loss, "accuracy": acc, "grad_norm": grad_norm, "finite": finite}
         return TrainState(state.step + 1, params, opt_state, carry), metrics
 
     return jax.jit(train_step)
 
 
-def make_eval_step(model: Model) -> Callable[[Any, dict, Any], tuple[dict, Any]]:
+def make_eval_step(model: Model) -> Callable[[Any, Batch, Any], tuple[dict, Any]]:
     """The jit-compiled ``eval_step(params, batch, carry) -> (metrics, carry)`` (no dropout).
 
     ``metrics`` holds the mean ``loss`` and ``accuracy`` over the batch's valid positions and
     their number, ``count``; ``carry`` is None except for a language model.
     """
 
-    def eval_step(params: Any, batch: dict, carry: Any = None) -> tuple[dict, Any]:
+    def eval_step(params: Any, batch: Batch, carry: Any = None) -> tuple[dict, Any]:
         loss, (acc, carry) = _loss(model, params, batch, carry, None)
         mask = batch.get("mask")
         count = jnp.asarray(batch["targets"].size, jnp.float32) if mask is None else mask.sum()
@@ -186,14 +200,15 @@ def make_eval_step(model: Model) -> Callable[[Any, dict, Any], tuple[dict, Any]]
 def evaluate(
     eval_step: Callable,
     params: Any,
-    batches: Iterable[dict],
+    batches: Iterable[Batch],
     *,
     carry: Any = None,
     mesh: Mesh | None = None,
 ) -> dict[str, float]:
     """Mean ``loss`` and ``accuracy`` over every valid position of ``batches``, and ``count``.
 
-    A language model's ``carry`` (e.g. ``model.zero_carry(B)``) flows from batch to batch.
+    A language model's ``carry`` (e.g. ``model.zero_carry(params, B)``) flows from batch to
+    batch.
     """
     total = {"loss": 0.0, "accuracy": 0.0, "count": 0.0}
     for batch in batches:
@@ -216,33 +231,38 @@ def evaluate(
 
 
 def data_mesh(devices: Any = None) -> Mesh:
-    """A 1-D mesh with axis ``"data"`` over ``devices`` (default: all local devices)."""
-    return Mesh(np.asarray(jax.local_devices() if devices is None else devices), ("data",))
+    """A 1-D mesh with axis ``"data"`` over ``devices`` (default: the devices of all processes,
+    ``jax.devices()``)."""
+    return Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
 
 
 def shard(tree: Any, mesh: Mesh | None) -> Any:
-    """Place a batch dict or a :class:`TrainState` on ``mesh`` (unchanged when None).
+    """Place a :data:`~jrnn.training.batches.Batch` or a :class:`TrainState` on ``mesh``
+    (unchanged when None).
 
     Batch arrays and the carry are split along their batch axis (0 for a batch, 1 for the
-    carry's `(layers, B, H)`); params and optimiser state are replicated.
+    carry's `(layers, B, H)`); params and optimiser state are replicated. The values are the
+    whole arrays, the same in every process; each process transfers to its own devices only
+    the parts they hold, so with several processes the result is one global array.
     """
     if mesh is None:
         return tree
     n = mesh.devices.size
 
-    def put(x: Any, spec: PartitionSpec, axis: int) -> jax.Array:
-        if np.shape(x)[axis] % n:
+    def put(x: Any, spec: PartitionSpec, axis: int | None = None) -> jax.Array:
+        if axis is not None and np.shape(x)[axis] % n:
             raise ValueError(
                 f"batch size {np.shape(x)[axis]} is not divisible by the {n} devices in use"
             )
-        return jax.device_put(x, NamedSharding(mesh, spec))
+        sharding = NamedSharding(mesh, spec)
+        return jax.make_array_from_callback(np.shape(x), sharding, lambda index: x[index])
 
     if isinstance(tree, TrainState):
-        replicated = NamedSharding(mesh, PartitionSpec())
+        replicated = functools.partial(put, spec=PartitionSpec())
         return TrainState(
-            jax.device_put(tree.step, replicated),
-            jax.device_put(tree.params, replicated),
-            jax.device_put(tree.opt_state, replicated),
+            replicated(tree.step),
+            jax.tree.map(replicated, tree.params),
+            jax.tree.map(replicated, tree.opt_state),
             jax.tree.map(lambda x: put(x, PartitionSpec(None, "data"), 1), tree.carry),
         )
     return jax.tree.map(lambda x: put(x, PartitionSpec("data"), 0), tree)

@@ -1,4 +1,5 @@
-"""The ``jrnn`` command: ``jrnn train lm|classify|tag``, ``jrnn sample`` and ``jrnn eval``.
+"""The ``jrnn`` command: ``jrnn train TASK`` for each task of :data:`jrnn.training.tasks.TASKS`
+(``lm``, ``classify``, ``tag``), ``jrnn sample`` and ``jrnn eval``.
 
 Bad input (a missing or empty file, a malformed line, an impossible option) ends the command
 with one ``error: ...`` line on stderr and exit code 1, never a traceback.
@@ -18,8 +19,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
-from jrnn import malloc, runs
-from jrnn.loop import StepInfo
+from jrnn import malloc
+from jrnn.training import distributed, runs
+from jrnn.training.loop import StepInfo
+from jrnn.training.model import CELLS
+from jrnn.training.options import Options, check_positive_int
+from jrnn.training.tasks import TASKS, Task, lm
 
 app = typer.Typer(
     help="Recurrent networks in JAX: train, sample and evaluate.",
@@ -32,7 +37,8 @@ app.add_typer(train_app, name="train")
 
 
 def _one_line_errors(fn):
-    """Turn bad-input exceptions into one ``error:`` line and exit code 1."""
+    """Turn bad-input exceptions, and a run stopped at a non-finite step, into one ``error:``
+    line and exit code 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -42,7 +48,7 @@ def _one_line_errors(fn):
             message = f"file not found: {e.filename}" if e.filename else str(e)
         except OSError as e:
             message = f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, FloatingPointError) as e:
             message = str(e)
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(1)
@@ -50,15 +56,10 @@ def _one_line_errors(fn):
     return wrapper
 
 
-def _positive(**values) -> None:
-    for name, value in values.items():
-        if value is not None and not value > 0:
-            option = "--" + name.replace("_", "-")
-            raise ValueError(f"{option}: expected a positive number, got {value}")
-
-
 def _common(
-    cell: Annotated[str | None, typer.Option(help="Recurrent cell: rnn, lstm or gru.")] = None,
+    cell: Annotated[
+        str | None, typer.Option(help=f"Recurrent cell: one of {', '.join(CELLS)}.")
+    ] = None,
     layers: Annotated[int | None, typer.Option(help="Stacked recurrent layers.")] = None,
     hidden: Annotated[int | None, typer.Option(help="Hidden units per direction.")] = None,
     embed: Annotated[int | None, typer.Option(help="Embedding size.")] = None,
@@ -78,6 +79,13 @@ def _common(
     time_budget: Annotated[
         float | None, typer.Option(help="Stop training after this many seconds.")
     ] = None,
+    max_skips: Annotated[
+        int | None,
+        typer.Option(
+            help="Steps with a non-finite loss or gradient to skip (not applied) before the run "
+            "stops at one; a stopped run keeps its last good checkpoint."
+        ),
+    ] = None,
     matmul_dtype: Annotated[
         str | None,
         typer.Option(help="float32 (exact) or bfloat16 (mixed precision: bf16 matmul operands)."),
@@ -85,15 +93,34 @@ def _common(
     seed: Annotated[int | None, typer.Option(help="Seed for init, dropout, shuffling.")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
+    coordinator: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT of process 0 in a multi-process run (see --num-processes).",
+            envvar=distributed.ENVIRONMENT[0],
+        ),
+    ] = None,
+    num_processes: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes of a multi-process run, each started with its own --process-id "
+            "(not needed under srun or mpirun).",
+            envvar=distributed.ENVIRONMENT[1],
+        ),
+    ] = None,
+    process_id: Annotated[
+        int | None,
+        typer.Option(help="This process's index in [0, N).", envvar=distributed.ENVIRONMENT[2]),
+    ] = None,
 ) -> None:
     """Options shared by every ``jrnn train`` command (its signature is reused, see below)."""
 
 
-def _with_default(param: inspect.Parameter, task: str) -> inspect.Parameter:
+def _with_default(param: inspect.Parameter, task: Task) -> inspect.Parameter:
     """The parameter with the task's default value named in its help."""
-    default = getattr(runs.DEFAULTS[task], param.name, None)
+    default = getattr(task.DEFAULTS, param.name, None)
     if param.name == "out":
-        default = Path("runs") / task
+        default = Path("runs") / task.NAME
     if default is None or param.name == "resume":
         return param
     if isinstance(default, bool):
@@ -104,65 +131,29 @@ def _with_default(param: inspect.Parameter, task: str) -> inspect.Parameter:
     return param.replace(annotation=Annotated[kind, info])
 
 
-def _train_command(task: str):
+def _register(task: Task) -> None:
     """Register ``jrnn train <task>``: the task's own options, then the common ones."""
+    own = list(inspect.signature(task.cli_options, eval_str=True).parameters.values())
+    common = [_with_default(p, task) for p in inspect.signature(_common).parameters.values()]
 
-    def register(specific):
-        own = list(inspect.signature(specific).parameters.values())
-        common = [_with_default(p, task) for p in inspect.signature(_common).parameters.values()]
+    @_one_line_errors
+    def command(**kwargs):
+        distributed.initialize(
+            *(kwargs.pop(k) for k in ("coordinator", "num_processes", "process_id"))
+        )
+        files, overrides = task.cli_options(**{p.name: kwargs.pop(p.name) for p in own})
+        out, resume = kwargs.pop("out") or Path("runs") / task.NAME, kwargs.pop("resume")
+        chosen = {k: v for k, v in {**kwargs, **overrides}.items() if v is not None}
+        options = dataclasses.replace(task.DEFAULTS, **chosen)
+        _train(task.NAME, files, options, out, resume)
 
-        @_one_line_errors
-        def command(**kwargs):
-            files, overrides = specific(**{p.name: kwargs.pop(p.name) for p in own})
-            out, resume = kwargs.pop("out") or Path("runs") / task, kwargs.pop("resume")
-            chosen = {k: v for k, v in {**kwargs, **overrides}.items() if v is not None}
-            options = dataclasses.replace(runs.DEFAULTS[task], **chosen)
-            _train(task, files, options, out, resume)
-
-        command.__signature__ = inspect.Signature(own + common)
-        command.__doc__ = specific.__doc__
-        train_app.command(task)(command)
-        return specific
-
-    return register
+    command.__signature__ = inspect.Signature(own + common)
+    command.__doc__ = task.HELP
+    train_app.command(task.NAME)(command)
 
 
-@_train_command("lm")
-def _lm(
-    text: Annotated[
-        Path | None, typer.Option(help="UTF-8 text (default: Python's own pydoc_data.topics).")
-    ] = None,
-    seq_len: Annotated[int | None, typer.Option(help="Truncated-BPTT chunk length.")] = None,
-):
-    """Character-level language model; trains for 60 s unless --epochs or --time-budget."""
-    return {"text": text}, {"seq_len": seq_len}
-
-
-@_train_command("classify")
-def _classify(
-    train: Annotated[Path, typer.Option(help="TSV file of label<TAB>text lines.")],
-    valid: Annotated[Path, typer.Option(help="Validation TSV file.")],
-    test: Annotated[Path | None, typer.Option(help="Test TSV file.")] = None,
-    pooling: Annotated[
-        str | None, typer.Option(help="last, mean or max over time (default: max).")
-    ] = None,
-):
-    """Sentence classification (many-to-one): embedding, recurrent stack, pooling, softmax."""
-    return {"train": train, "valid": valid, "test": test}, {"pooling": pooling}
-
-
-@_train_command("tag")
-def _tag(
-    train: Annotated[Path, typer.Option(help="CoNLL-U training file.")],
-    valid: Annotated[Path, typer.Option(help="CoNLL-U validation file.")],
-    test: Annotated[Path | None, typer.Option(help="CoNLL-U test file.")] = None,
-    tag: Annotated[str | None, typer.Option(help="upos or xpos column.")] = None,
-    chars: Annotated[
-        bool | None, typer.Option(help="Character-level word features (on by default).")
-    ] = None,
-):
-    """Sequence tagging (many-to-many), e.g. part-of-speech tags from CoNLL-U files."""
-    return {"train": train, "valid": valid, "test": test}, {"tag": tag, "chars": chars}
+for _task in TASKS.values():
+    _register(_task)
 
 
 LOG_EVERY = 30.0  # seconds between two progress lines when stderr is not a terminal
@@ -212,12 +203,12 @@ def _progress(console: Console) -> tuple[Progress, Callable[[StepInfo], None]]:
     return bar, on_step
 
 
-def _train(task: str, files: dict, options: runs.Options, out: Path, resume: bool) -> None:
+def _train(task_name: str, files: dict, options: Options, out: Path, resume: bool) -> None:
     console = Console(stderr=True)
     bar, on_step = _progress(console)
     try:  # the bar starts at the first step: errors before it print alone
         metrics = runs.train(
-            task,
+            task_name,
             files,
             options,
             out,
@@ -227,6 +218,8 @@ def _train(task: str, files: dict, options: runs.Options, out: Path, resume: boo
         )
     finally:
         bar.stop()
+    if not distributed.is_main():
+        return
     for key in ("valid", "test"):
         values = {k: v for k, v in metrics.items() if k.startswith(key + "_")}
         if values:
@@ -240,6 +233,11 @@ def _train(task: str, files: dict, options: runs.Options, out: Path, resume: boo
         typer.echo("sample:\n" + metrics["sample"])
 
 
+def _stderr(line: str) -> None:
+    """Print a line on stderr (e.g. that a damaged checkpoint step was passed over)."""
+    typer.echo(line, err=True)
+
+
 @app.command()
 @_one_line_errors
 def sample(
@@ -249,19 +247,23 @@ def sample(
     temperature: Annotated[float, typer.Option(help="Softmax temperature; 0: greedy.")] = 0.8,
     top_k: Annotated[int | None, typer.Option(help="Sample among the k likeliest.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    allow_unk: Annotated[
+        bool, typer.Option(help="Let the model write <unk> (never <pad>).")
+    ] = False,
 ) -> None:
     """Generate text from a trained language model."""
-    _positive(length=length, top_k=top_k)
+    check_positive_int("length", length)
+    check_positive_int("top_k", top_k)
     if temperature < 0:
         raise ValueError(f"--temperature: expected a number >= 0, got {temperature}")
-    model, params, meta, vocabs = runs.load(ckpt)
-    if meta["task"] != "lm":
+    model, params, meta, vocabs = runs.load(ckpt, log=_stderr)
+    if not isinstance(model, lm.LanguageModel):
         raise ValueError(
             f"--ckpt: {ckpt} holds a {meta['task']} model; only a language model can generate"
         )
-    text = runs.sample_text(
-        model, params, vocabs["chars"], prompt,
-        length=length, temperature=temperature, top_k=top_k, seed=seed,
+    text = lm.sample_text(
+        model, params, vocabs, prompt,
+        length=length, temperature=temperature, top_k=top_k, seed=seed, allow_unk=allow_unk,
     )  # fmt: skip
     typer.echo(prompt + text)
 
@@ -273,7 +275,7 @@ def evaluate(
     data: Annotated[Path, typer.Option(help="Text, TSV or CoNLL-U file, as the task reads.")],
 ) -> None:
     """Evaluate a trained model on a file: loss, accuracy (and bits per char for lm)."""
-    metrics = runs.evaluate_file(ckpt, data)
+    metrics = runs.evaluate_file(ckpt, data, log=_stderr)
     typer.echo(
         "  ".join(f"{k} {v:.4f}" if k != "count" else f"{k} {v:.0f}" for k, v in metrics.items())
     )

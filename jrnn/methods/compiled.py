@@ -1,23 +1,27 @@
-"""The compiled recurrence: a layer's loop over time as one XLA FFI call each way (CPU, float32).
+"""The compiled path: a layer's loop over time as one XLA FFI call each way (CPU, float32).
 
-:mod:`jrnn.fused` runs every time step as a handful of XLA ops inside ``jax.lax.scan``. On CPU,
-XLA runs the step's small recurrent matmul at under half of the core's peak and adds a few
-dozen kernel launches per step, forward and backward. This module hands the loop to C++
-(``jrnn/csrc/``): a register-tiled matmul over weights packed once per call, the gate math in
-the same pass, units of 32 hidden units by 16 rows shared out among the cores each step, and
-one barrier per step.
+XLA:CPU runs the small recurrent matmul of a scan step at under half of the core's peak and adds
+a few dozen kernel launches per step. This path hands the loop to C++ (``jrnn/csrc/``): a
+register-tiled matmul over weights packed once per call, the gate math in the same pass, units
+of 32 hidden units by 16 rows shared out among the cores each step, one barrier per step. What
+stays in XLA is what XLA does well, the large matmuls around the loop: the input projection of
+every direction before it, and after the backward loop the input's gradient and the weight
+gradients, ``[dW_ih | dW_hh] = sum_t dgates_t^T [x_t | h_{t-1}]``.
 
-What stays in XLA is what XLA does well, the large matmuls around the loop: the input
-projection of every direction before it (one matmul), and after the backward loop the input's
-gradient and the weight gradients, each one matmul over all steps:
-``[dW_ih | dW_hh] = sum_t dgates_t^T [x_t | h_{t-1}]``.
+It runs a layer only when the cell declares a kernel identity (``Cell.kernel``) that this module
+has and the cell is the built-in record of that kernel; :func:`unsupported` says why not
+otherwise. The library is built by ``pip install`` (see ``setup.py``); where it was not built,
+:func:`available` is False (:func:`load_error` says why) and ``method="auto"`` takes the scan
+path. Being a custom VJP, the compiled path has reverse-mode derivatives only: forward mode
+(``jax.jvp``, ``jax.jacfwd``) needs ``method="scan"``.
 
-:func:`layer` is the entry point, used by :func:`jrnn.fused.layer` whenever :func:`unsupported`
-finds nothing against it. The pure-JAX scan stays the reference: the tests compare the two,
-outputs and gradients. The library is built by ``pip install`` (see ``setup.py``); where it
-was not built, :func:`available` is False and every layer takes the pure-JAX path. Being a
-custom VJP, the compiled path supports reverse-mode differentiation;
-pass ``kernel=False`` to ``apply`` for forward mode (``jax.jvp``, ``jax.jacfwd``).
+The library is built for a baseline CPU and holds the loops once per instruction set: on x86-64
+``"avx512"``, ``"avx2"`` (AVX2 with FMA) and ``"baseline"`` (x86-64-v2: SSE4.2), elsewhere
+``"baseline"`` only. It runs the widest one that the CPU has (:func:`isa`; :func:`isas` lists
+the ones it has). The environment variable ``JRNN_ISA``, read when the library is first used,
+forces another, e.g. ``JRNN_ISA=baseline``; a name that is not one of them, or one that this
+CPU cannot run, is a :func:`load_error`, so ``method="compiled"`` says why and ``method="auto"``
+takes the scan path.
 """
 
 from __future__ import annotations
@@ -25,62 +29,150 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.util
+import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jrnn import cells
+from jrnn.cells import Cell, Params
+from jrnn.methods.common import chunked, valid_mask
+from jrnn.methods.options import Options
+
+# kernel identity -> the cell code of jrnn/csrc/recurrence.cc (enum Cell there)
 _CODES = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
 _TARGETS = {
     "jrnn_recurrence_fwd": "JrnnRecurrenceForward",
     "jrnn_recurrence_bwd": "JrnnRecurrenceBackward",
 }
 
+#: The environment variable that forces an instruction set (see above).
+ISA_VARIABLE = "JRNN_ISA"
+
 
 @functools.cache
-def available() -> bool:
-    """Whether the compiled library was built, and is now registered with XLA for CPU."""
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    """The library (None where it did not load), and why it cannot be used (None once its
+    handlers are registered with XLA for CPU)."""
     spec = importlib.util.find_spec("jrnn._recurrence")
     if spec is None or not spec.origin:
-        return False
+        return None, "the compiled library jrnn._recurrence was not built (see setup.py)"
     try:
         library = ctypes.CDLL(spec.origin)
-    except OSError:
-        return False
+        for name in ("JrnnRecurrenceIsa", "JrnnRecurrenceIsas", "JrnnRecurrenceSelectIsa"):
+            getattr(library, name).restype = ctypes.c_char_p
+    except (OSError, AttributeError) as error:  # AttributeError: built from older sources
+        return None, f"the compiled library {spec.origin} failed to load: {error}"
+    forced = os.environ.get(ISA_VARIABLE)
+    if forced:
+        reason = library.JrnnRecurrenceSelectIsa(forced.encode()).decode()
+        if reason:
+            return library, f"{ISA_VARIABLE}={forced}: {reason}"
     for name, symbol in _TARGETS.items():
         handler = jax.ffi.pycapsule(getattr(library, symbol))
         jax.ffi.register_ffi_target(name, handler, platform="cpu")
-    return True
+    return library, None
 
 
-def unsupported(cell_name: str, params: Any, xs: jax.Array, matmul_dtype: Any) -> str | None:
-    """Why the compiled recurrence cannot run this layer, or None when it can.
+def load_error() -> str | None:
+    """Why the compiled library cannot be used, or None once it is registered with XLA for CPU."""
+    return _load()[1]
+
+
+def available() -> bool:
+    """Whether the compiled library was built and is registered with XLA for CPU."""
+    return load_error() is None
+
+
+def isa() -> str | None:
+    """The instruction set that the compiled loops run (``"avx512"``, ``"avx2"`` or
+    ``"baseline"``), or None where the library cannot be used."""
+    library, reason = _load()
+    return None if reason else library.JrnnRecurrenceIsa().decode()
+
+
+def isas() -> tuple[str, ...]:
+    """The library's instruction sets that this CPU runs, widest first (empty where the library
+    did not load)."""
+    library, _ = _load()
+    return () if library is None else tuple(library.JrnnRecurrenceIsas().decode().split(", "))
+
+
+def unsupported(cell: Cell, params: tuple[Params, ...], xs: Any, options: Options) -> str | None:
+    """Why the compiled path cannot run this layer, or None when it can.
 
     Args:
-        cell_name: the cell's ``name``.
-        params: the layer's params dicts, one per direction.
+        cell: the layer's cell.
+        params: the layer's params, one per direction.
         xs: `(T, B, D)` inputs.
-        matmul_dtype: the layer's ``matmul_dtype``.
+        options: the layer's options.
     """
-    dtypes = {jnp.dtype(a.dtype) for a in jax.tree.leaves(params)} | {jnp.dtype(xs.dtype)}
-    if not available():
-        return "the compiled library jrnn._recurrence was not built (see setup.py)"
+    if cell.kernel is None:
+        return f"cell {cell.name} has no compiled kernel"
+    if cell.kernel not in _CODES or cells.BUILTIN.get(cell.kernel) != cell._replace(
+        name=cell.kernel
+    ):
+        return (
+            f"cell {cell.name} declares kernel {cell.kernel!r}, but it is not jrnn's built-in "
+            f"cell of that kernel (built-in kernels: {sorted(_CODES)})"
+        )
+    reason = load_error()
+    if reason:
+        return reason
     if jax.default_backend() != "cpu":
         return f"it runs on CPU only, and the default backend is {jax.default_backend()}"
+    dtypes = {jnp.dtype(a.dtype) for a in jax.tree.leaves((params, xs))}
     if dtypes != {jnp.dtype(jnp.float32)}:
         return f"it computes in float32 only, got {sorted(map(str, dtypes))}"
-    if matmul_dtype is not None:
-        return f"it has no mixed precision, got matmul_dtype={matmul_dtype!r}"
+    if options.matmul_dtype is not None:
+        return f"it has no mixed precision, got matmul_dtype={options.matmul_dtype!r}"
     if "weight_hr" in params[0]:
         return "it has no LSTM projection (proj_size)"
-    if xs.shape[0] == 0:
-        return "the sequence is empty"
     return None
 
 
 def layer(
-    cell_name: str,
+    cell: Cell,
+    params: tuple[Params, ...],
+    xs: jax.Array,
+    h0: Any,
+    *,
+    lengths: jax.Array | None,
+    reverse: tuple[bool, ...],
+    options: Options,
+) -> tuple[jax.Array, Any]:
+    """One layer on the compiled path; arguments and results as :func:`jrnn.methods.scan.layer`.
+
+    Without ``remat`` all directions run in one call. With ``remat`` each direction runs in
+    chunks of ``remat`` steps, a reverse direction taking its chunks last to first.
+    """
+    p = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params)
+    mask = None if lengths is None else valid_mask(lengths, xs.shape[0])
+    lstm = cell.kernel == "LSTM"
+    carry = h0 if lstm else (h0, None)
+
+    def forward(p, flags, xs, carry, mask):
+        weights = [p.get(name) for name in ("weight_ih", "bias_ih", "weight_hh", "bias_hh")]
+        ys, h, c = call(cell.kernel, xs, *weights, *carry, mask, flags)
+        return ys, (h, c)
+
+    if not options.remat:
+        ys, (h, c) = forward(p, reverse, xs, carry, mask)
+    else:
+        results = []
+        for j, flag in enumerate(reverse):
+            pj, cj = jax.tree.map(lambda a, j=j: a[j : j + 1], (p, carry))
+            run = functools.partial(forward, pj, (flag,))
+            results.append(chunked(run, options.remat, xs, cj, mask, reverse=flag))
+        ys = jnp.concatenate([ys for ys, _ in results], axis=-1)
+        h, c = jax.tree.map(lambda *a: jnp.concatenate(a), *[c for _, c in results])
+    return ys, ((h, c) if lstm else h)
+
+
+def call(
+    kernel: str,
     xs: jax.Array,
     weight_ih: jax.Array,
     bias_ih: jax.Array | None,
@@ -91,7 +183,7 @@ def layer(
     mask: jax.Array | None,
     reverse: tuple[bool, ...],
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    """One layer of :func:`jrnn.fused.layer`, compiled: projection, loop over time and VJP.
+    """The compiled FFI call of one layer: projection, loop over time and VJP.
 
     ``k`` directions, each on its own weights, all in real time: a direction with ``reverse``
     set runs from the last step back to the first (with ``mask``, from each sequence's last
@@ -99,7 +191,7 @@ def layer(
     projection of all directions is one matmul, and the output comes out as it is returned.
 
     Args:
-        cell_name: ``"RNN_TANH"``, ``"RNN_RELU"``, ``"LSTM"`` or ``"GRU"``.
+        kernel: ``"RNN_TANH"``, ``"RNN_RELU"``, ``"LSTM"`` or ``"GRU"``.
         xs: `(T, B, D)` inputs.
         weight_ih: `(k, G*H, D)`.
         bias_ih: `(k, G*H)`, or None for no bias.
@@ -115,10 +207,10 @@ def layer(
         ``(ys, h, c)``: outputs `(T, B, k*H)`, final `h (k, B, H)` and (LSTM, else None)
         `c (k, B, H)`.
     """
-    if cell_name not in _CODES:
-        raise ValueError(f"cell_name: expected one of {sorted(_CODES)}, got {cell_name!r}")
-    if not available():
-        raise RuntimeError("the compiled library jrnn._recurrence was not built (see setup.py)")
+    if kernel not in _CODES:
+        raise ValueError(f"kernel: expected one of {sorted(_CODES)}, got {kernel!r}")
+    if load_error():
+        raise RuntimeError(load_error())
     k, gh, hidden = weight_hh.shape
     steps, batch = xs.shape[:2]
     if weight_ih.shape[:2] != (k, gh) or weight_ih.shape[2:] != xs.shape[2:]:
@@ -128,7 +220,7 @@ def layer(
         )
     if len(reverse) != k:
         raise ValueError(f"reverse: expected one flag per direction ({k}), got {reverse!r}")
-    code = _CODES[cell_name]
+    code = _CODES[kernel]
     bits = sum(1 << j for j, flag in enumerate(reverse) if flag)
     zeros = jnp.zeros((k, gh), xs.dtype)
     keep = jnp.ones((steps, batch), jnp.uint8) if mask is None else mask.astype(jnp.uint8)

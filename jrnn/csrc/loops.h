@@ -1,0 +1,383 @@
+// The loops over time of recurrence.cc and all that they run per step: float vectors and their
+// exp, sigmoid and tanh, a register-tiled matmul over packed panels of 32 columns, and the
+// forward and backward steps of one unit of work.
+//
+// This is the code whose speed depends on the instruction set. recurrence.cc includes the file
+// once per instruction set, each time inside that set's namespace and `#pragma GCC target`,
+// after defining there kLanes (floats per vector register), kTileRows (rows of the matmul's
+// register tile), vf (a vector of kLanes floats) and Reciprocal (1 / x); its FFI handlers call
+// the RunForward and RunBackward of the set chosen when the library is loaded. Hence no
+// include guard.
+
+using vi = int32_t __attribute__((vector_size(sizeof(vf))));
+
+constexpr int kVectors = kPanel / kLanes;  // vectors per row of a panel
+
+inline vf Load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void Store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+
+inline vf Splat(float a) { return a - vf{}; }  // a - 0 is a, also for a = -0
+
+// ---------------------------------------------------------------------------------------------
+// Vector math.
+
+inline vf Min(vf a, vf b) { return a < b ? a : b; }
+
+inline vf Max(vf a, vf b) { return a > b ? a : b; }
+
+// exp(x): x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-7 polynomial, 2^n by the
+// exponent bits. Relative error about 1e-7 over the clamped range (exp(-87.3) is the smallest
+// normal float; above 88.3 the result would overflow).
+inline vf Exp(vf x) {
+  x = Max(Min(x, Splat(88.3f)), Splat(-87.3f));
+  const vf magic = Splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  vf n = (x * Splat(1.44269504088896341f) + magic) - magic;
+  vf r = x - n * Splat(0.693359375f);
+  r = r - n * Splat(-2.12194440e-4f);
+  vf p = Splat(1.9875691500e-4f);
+  p = p * r + Splat(1.3981999507e-3f);
+  p = p * r + Splat(8.3334519073e-3f);
+  p = p * r + Splat(4.1665795894e-2f);
+  p = p * r + Splat(1.6666665459e-1f);
+  p = p * r + Splat(5.0000001201e-1f);
+  p = p * r * r + r + Splat(1.0f);
+  vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+  return p * __builtin_bit_cast(vf, e);
+}
+
+inline vf Sigmoid(vf x) { return Reciprocal(Splat(1.0f) + Exp(-x)); }
+
+// tanh(x): an odd polynomial below |x| = 0.625 (fitted to tanh(x) / x in x^2, relative error
+// under 1e-7), else sign(x) * (1 - 2 / (exp(2|x|) + 1)), which has no cancellation there.
+inline vf Tanh(vf x) {
+  vf ax = Max(x, -x);
+  vf x2 = x * x;
+  vf p = Splat(5.7188915e-3f);
+  p = p * x2 + Splat(-2.0653063e-2f);
+  p = p * x2 + Splat(5.3744640e-2f);
+  p = p * x2 + Splat(-1.3331513e-1f);
+  p = p * x2 + Splat(3.3333287e-1f);
+  vf small = x - x * x2 * p;
+  vf big = Splat(1.0f) - Splat(2.0f) * Reciprocal(Exp(ax + ax) + Splat(1.0f));
+  big = x < Splat(0.0f) ? -big : big;
+  return ax < Splat(0.625f) ? small : big;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matmul: out (m, 32) = a (m, K) @ b (K, 32), b packed (K rows of 32 contiguous floats), a
+// row-major with leading dimension lda. Register tiles of up to kTileRows rows x 32 columns; K in blocks
+// of 256, whose part of b (32 KiB) stays in L1 while every row tile reads it.
+
+template <int M, bool kAccumulate>
+void TileKernel(const float* __restrict a, int64_t lda, const float* __restrict b, int64_t k,
+                float* __restrict out) {
+  vf acc[M][kVectors];
+#pragma GCC unroll 8
+  for (int r = 0; r < M; ++r) {
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v) {
+      acc[r][v] = kAccumulate ? Load(out + r * kPanel + v * kLanes) : vf{};
+    }
+  }
+#pragma GCC unroll 2
+  for (int64_t kk = 0; kk < k; ++kk) {
+    vf bk[kVectors];
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v) bk[v] = Load(b + kk * kPanel + v * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < M; ++r) {
+      const vf x = Splat(a[r * lda + kk]);
+#pragma GCC unroll 8
+      for (int v = 0; v < kVectors; ++v) acc[r][v] += x * bk[v];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < M; ++r) {
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v) Store(out + r * kPanel + v * kLanes, acc[r][v]);
+  }
+}
+
+// The kernel for a tile of m <= M rows.
+template <bool kAccumulate, int M = kTileRows>
+void Tile(int m, const float* a, int64_t lda, const float* b, int64_t k, float* out) {
+  if constexpr (M > 1) {
+    if (m < M) return Tile<kAccumulate, M - 1>(m, a, lda, b, k, out);
+  }
+  TileKernel<M, kAccumulate>(a, lda, b, k, out);
+}
+
+inline void Matmul(int64_t m, const float* a, int64_t lda, const float* b, int64_t k,
+                   float* out) {
+  constexpr int64_t kBlock = 256;
+  for (int64_t k0 = 0; k0 < k; k0 += kBlock) {
+    const int64_t kb = std::min(kBlock, k - k0);
+    for (int64_t r0 = 0; r0 < m; r0 += kTileRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - r0));
+      const float *ar = a + r0 * lda + k0, *bk = b + k0 * kPanel;
+      if (k0 == 0) {
+        Tile<false>(rows, ar, lda, bk, kb, out + r0 * kPanel);
+      } else {
+        Tile<true>(rows, ar, lda, bk, kb, out + r0 * kPanel);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward.
+
+struct ForwardSteps : Forward {
+  // Asks for the unit's lines of step s + 1 to be brought into L2 for writing: gx (which act
+  // overwrites), hs and aux. The gate math touches them right after the matmul, and their
+  // short, row-strided runs escape the hardware prefetcher.
+  void Prefetch(int64_t s, const Unit& u) const {
+    const int64_t h = d.hidden, gh = d.gh(), time = d.Time(s + 1, u.it.dir);
+    for (int64_t seq = u.b0; seq < u.b0 + u.m; ++seq) {
+      const int64_t at = time * d.rows + d.Row(seq, u.it.dir);
+      for (int64_t c = 0; c < u.it.nu; c += kLine) {
+        for (int64_t g = 0; g < d.gates; ++g) {
+          __builtin_prefetch(gx + at * gh + g * h + u.it.u0 + c, 1, 2);
+        }
+        __builtin_prefetch(hs + at * h + u.it.u0 + c, 1, 2);
+        if (d.gates > 1) __builtin_prefetch(aux + at * h + u.it.u0 + c, 1, 2);
+      }
+    }
+  }
+
+  // Step s of one unit: the matmul of its item's gate columns for its rows, then the gate
+  // math. packed: the item's weights; tiles: (gates, kUnitRows, 32).
+  void Step(int64_t s, const Unit& u, const float* packed, float* tiles) const {
+    const int64_t h = d.hidden, j = u.it.dir;
+    // h_prev of the unit's sequences: rows of h0 (stride H) or of hs (stride k*H)
+    const float* hprev = s == 0 ? h0 + d.CarryRow(u.b0, j) * h
+                                : hs + (d.Time(s - 1, j) * d.rows + d.Row(u.b0, j)) * h;
+    const int64_t lda = s == 0 ? h : d.dirs * h;
+    if (s + 1 < d.steps) Prefetch(s, u);
+    for (int64_t g = 0; g < d.gates; ++g) {
+      Matmul(u.m, hprev, lda, packed + g * h * kPanel, h, tiles + g * kUnitRows * kPanel);
+    }
+    for (int i = 0; i < u.m; ++i) Pointwise(s, u.it, u.b0 + i, tiles + i * kPanel);
+  }
+
+  // The gate math of sequence seq; gate g's matmul row is tile[g * kUnitRows * 32 ...].
+  void Pointwise(int64_t s, const Item& it, int64_t seq, const float* tile) const {
+    const int64_t h = d.hidden, gh = d.gh(), time = d.Time(s, it.dir);
+    const int64_t at = time * d.rows + d.Row(seq, it.dir), stride = kUnitRows * kPanel;
+    const bool keep = mask[time * d.batch + seq] != 0, lstm = d.cell == kLstm;
+    Lanes lanes(it.nu);
+    // Every input is read before any output is written, lane by lane: the outputs may
+    // overwrite gx (act, or hs for RNN).
+    const float *x[4], *bias[4], *cp = nullptr;
+    float *aux_out = nullptr, *a_out[4] = {};
+    for (int64_t g = 0; g < d.gates; ++g) {
+      x[g] = lanes.In(gx + at * gh + g * h + it.u0);
+      bias[g] = lanes.In(b + it.dir * gh + g * h + it.u0);
+    }
+    const float* hp = lanes.In(Carry(d, h0, hs, s, seq, it));
+    if (lstm) cp = lanes.In(Carry(d, c0, aux, s, seq, it));
+    float* h_out = lanes.Out(hs + at * h + it.u0);
+    if (d.gates > 1) {
+      aux_out = lanes.Out(aux + at * h + it.u0);
+      for (int64_t g = 0; g < d.gates; ++g) a_out[g] = lanes.Out(act + at * gh + g * h + it.u0);
+    }
+    for (int v = 0; v < kPanel; v += kLanes) {
+      auto rec = [&](int g) { return Load(tile + g * stride + v) + Load(bias[g] + v); };
+      const vf hv = Load(hp + v);
+      vf y;
+      if (lstm) {
+        const vf ig = Sigmoid(rec(0) + Load(x[0] + v)), fg = Sigmoid(rec(1) + Load(x[1] + v));
+        const vf gg = Tanh(rec(2) + Load(x[2] + v)), og = Sigmoid(rec(3) + Load(x[3] + v));
+        const vf c = fg * Load(cp + v) + ig * gg;
+        y = og * Tanh(c);
+        Store(a_out[0] + v, ig);
+        Store(a_out[1] + v, fg);
+        Store(a_out[2] + v, gg);
+        Store(a_out[3] + v, og);
+        Store(aux_out + v, keep ? c : Load(cp + v));
+      } else if (d.cell == kGru) {
+        const vf rg = Sigmoid(rec(0) + Load(x[0] + v)), zg = Sigmoid(rec(1) + Load(x[1] + v));
+        const vf hhn = rec(2), ng = Tanh(Load(x[2] + v) + rg * hhn);
+        y = ng + zg * (hv - ng);
+        Store(a_out[0] + v, rg);
+        Store(a_out[1] + v, zg);
+        Store(a_out[2] + v, ng);
+        Store(aux_out + v, hhn);
+      } else {
+        const vf p = rec(0) + Load(x[0] + v);
+        y = d.cell == kRnnTanh ? Tanh(p) : Max(p, vf{});
+      }
+      Store(h_out + v, keep ? y : hv);
+    }
+    lanes.Flush();
+  }
+};
+
+// The forward loop over time: packs weight_hh, then runs the steps on a team of threads.
+void RunForward(const Forward& forward) {
+  const ForwardSteps f{forward};
+  const Dims& d = f.d;
+  const int64_t items = d.dirs * d.panels(), per_item = d.gates * d.hidden * kPanel;
+  Team team(Units(d), Cores(d));
+  Floats packed = Allocate(items * per_item);
+  Floats tiles = Allocate(team.threads() * d.gates * kUnitRows * kPanel);
+  team.Run([&](int me) {
+    for (int64_t i = me; i < items; i += team.threads()) {
+      PackForward(d, f.w, ItemAt(d, i), packed.get() + i * per_item);
+    }
+    team.Sync();
+    float* tile = tiles.get() + me * d.gates * kUnitRows * kPanel;
+    for (int64_t s = 0; s < d.steps; ++s) {
+      team.ForEach(me, s, [&](int64_t index) {
+        const Unit u = UnitAt(d, index);
+        f.Step(s, u, packed.get() + u.it.index * per_item, tile);
+      });
+      team.Sync();
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward.
+
+struct BackwardSteps : Backward {
+  // Gate cotangents of the unit's sequences at step s; leaves in dh / dc the part of the
+  // previous carry's cotangent that does not go through the matmul.
+  void Rows(int64_t s, const Unit& u) const {
+    for (int64_t b = u.b0; b < u.b0 + u.m; ++b) Row(s, u.it, b);
+  }
+
+  void Row(int64_t s, const Item& it, int64_t b) const {
+    const int64_t h = d.hidden, gh = d.gh(), time = d.Time(s, it.dir);
+    const int64_t at = time * d.rows + d.Row(b, it.dir), row = d.CarryRow(b, it.dir);
+    const int64_t carry = row * h + it.u0;
+    const bool keep = mask[time * d.batch + b] != 0, lstm = d.cell == kLstm;
+    const bool gru = d.cell == kGru;
+    Lanes lanes(it.nu);
+    // As in the forward pass, every input is read before any output is written, lane by lane.
+    const float *a[4] = {}, *c = nullptr, *cp = nullptr, *g_c_in = nullptr, *dc_in = nullptr;
+    float *dgx_out[4], *dgh_out[4] = {}, *dc_out = nullptr, *drec_out = nullptr;
+    const float* g_h_in = lanes.In(dhs + at * h + it.u0);
+    const float* dh_in = lanes.In(dh + carry);
+    if (lstm) {
+      g_c_in = lanes.In(dcs + at * h + it.u0);
+      dc_in = lanes.In(dc + carry);
+      c = lanes.In(aux + at * h + it.u0);
+      cp = lanes.In(Carry(d, c0, aux, s, b, it));
+    } else if (gru) {
+      c = lanes.In(Carry(d, h0, hs, s, b, it));  // h_{t-1}
+      a[3] = lanes.In(aux + at * h + it.u0);    // the recurrent half of n
+    } else {
+      c = lanes.In(hs + at * h + it.u0);
+    }
+    if (d.gates > 1) {
+      for (int64_t g = 0; g < d.gates; ++g) a[g] = lanes.In(act + at * gh + g * h + it.u0);
+    }
+    for (int64_t g = 0; g < d.gates; ++g) {
+      dgx_out[g] = lanes.Out(dgx + at * gh + g * h + it.u0);
+      if (gru) dgh_out[g] = lanes.Out(dgh[s & 1] + row * gh + g * h + it.u0);
+    }
+    if (gru) drec_out = lanes.Out(drec + at * h + it.u0);
+    float* dh_out = lanes.Out(dh + carry);
+    if (lstm) dc_out = lanes.Out(dc + carry);
+    const vf one = Splat(1.0f);
+    for (int v = 0; v < kPanel; v += kLanes) {
+      const vf g_h = Load(g_h_in + v) + Load(dh_in + v);
+      if (!keep) {
+        for (int64_t g = 0; g < d.gates; ++g) {
+          Store(dgx_out[g] + v, vf{});
+          if (gru) Store(dgh_out[g] + v, vf{});
+        }
+        if (gru) Store(drec_out + v, vf{});
+        Store(dh_out + v, g_h);
+        if (lstm) Store(dc_out + v, Load(g_c_in + v) + Load(dc_in + v));
+        continue;
+      }
+      if (lstm) {
+        const vf ig = Load(a[0] + v), fg = Load(a[1] + v), gg = Load(a[2] + v);
+        const vf og = Load(a[3] + v), tc = Tanh(Load(c + v));
+        const vf g_c = Load(g_c_in + v) + Load(dc_in + v) + g_h * og * (one - tc * tc);
+        Store(dgx_out[0] + v, g_c * gg * ig * (one - ig));
+        Store(dgx_out[1] + v, g_c * Load(cp + v) * fg * (one - fg));
+        Store(dgx_out[2] + v, g_c * ig * (one - gg * gg));
+        Store(dgx_out[3] + v, g_h * tc * og * (one - og));
+        Store(dh_out + v, vf{});
+        Store(dc_out + v, g_c * fg);
+      } else if (gru) {
+        const vf rg = Load(a[0] + v), zg = Load(a[1] + v), ng = Load(a[2] + v);
+        const vf hhn = Load(a[3] + v), hp = Load(c + v);
+        const vf dn = g_h * (one - zg) * (one - ng * ng);
+        const vf dr = dn * hhn * rg * (one - rg), dz = g_h * (hp - ng) * zg * (one - zg);
+        Store(dgx_out[0] + v, dr);
+        Store(dgx_out[1] + v, dz);
+        Store(dgx_out[2] + v, dn);
+        Store(dgh_out[0] + v, dr);
+        Store(dgh_out[1] + v, dz);
+        Store(dgh_out[2] + v, dn * rg);
+        Store(drec_out + v, dn * rg);
+        Store(dh_out + v, g_h * zg);
+      } else {
+        const vf hn = Load(c + v);
+        Store(dgx_out[0] + v,
+              d.cell == kRnnTanh ? g_h * (one - hn * hn) : (hn > vf{} ? g_h : vf{}));
+        Store(dh_out + v, vf{});
+      }
+    }
+    lanes.Flush();
+  }
+
+  // Adds the recurrent matmul's part, dgh_s @ w, to the unit's block of dh.
+  void AddRecurrent(int64_t s, const Unit& u, const float* packed, float* tile) const {
+    const int64_t h = d.hidden, gh = d.gh(), nu = u.it.nu, j = u.it.dir;
+    // the unit's rows of dgh: GRU's scratch (k*B, G*H), else dgx (T, R, G*H)
+    const bool gru = d.cell == kGru;
+    const float* a = gru ? dgh[s & 1] + d.CarryRow(u.b0, j) * gh
+                         : dgx + (d.Time(s, j) * d.rows + d.Row(u.b0, j)) * gh;
+    Matmul(u.m, a, gru ? gh : d.dirs * gh, packed, gh, tile);
+    for (int i = 0; i < u.m; ++i) {
+      float* dst = dh + d.CarryRow(u.b0 + i, j) * h + u.it.u0;
+      const float* src = tile + i * kPanel;
+      if (nu == kPanel) {
+        for (int v = 0; v < kPanel; v += kLanes) Store(dst + v, Load(dst + v) + Load(src + v));
+      } else {
+        for (int64_t c = 0; c < nu; ++c) dst[c] += src[c];
+      }
+    }
+  }
+};
+
+// The backward loop over time, from the last step to the first.
+void RunBackward(const Backward& backward) {
+  const BackwardSteps bw{backward};
+  const Dims& d = bw.d;
+  const int64_t T = d.steps;
+  // Step t's matmul and step t - 1's gate math of a unit go together: the gate math needs the
+  // unit's block of dh, which the matmul has just completed.
+  const int64_t items = d.dirs * d.panels(), per_item = d.gh() * kPanel;
+  Team team(Units(d), Cores(d));
+  Floats packed = Allocate(items * per_item);
+  Floats tiles = Allocate(team.threads() * kUnitRows * kPanel);
+  team.Run([&](int me) {
+    for (int64_t i = me; i < items; i += team.threads()) {
+      PackBackward(d, bw.w, ItemAt(d, i), packed.get() + i * per_item);
+    }
+    team.Sync();
+    float* tile = tiles.get() + me * kUnitRows * kPanel;
+    int64_t step = 0;
+    team.ForEach(me, step++, [&](int64_t index) { bw.Rows(T - 1, UnitAt(d, index)); });
+    team.Sync();
+    for (int64_t t = T - 1; t >= 0; --t) {
+      team.ForEach(me, step++, [&](int64_t index) {
+        const Unit u = UnitAt(d, index);
+        bw.AddRecurrent(t, u, packed.get() + u.it.index * per_item, tile);
+        if (t > 0) bw.Rows(t - 1, u);
+      });
+      team.Sync();
+    }
+  });
+}
