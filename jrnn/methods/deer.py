@@ -12,8 +12,10 @@ layer (directions, ``lengths``, ``h0``), with gradients by the implicit function
 - ``"quasi-deer"``: only the Jacobian's diagonal, ``O(T n)`` work and memory for the solve and
   its gradient; more iterations. The built-in cells have it in closed form; for another cell it
   costs ``n`` forward-mode derivatives of the step.
-- ``"elk"``: Levenberg-Marquardt with the whole Jacobian, solved by a parallel Kalman smoother:
-  damped where Newton would overshoot, undamped near the solution.
+- ``"elk"``: Levenberg-Marquardt with the whole Jacobian, solved by a parallel Kalman smoother.
+  It refuses a step that would raise the sum of squared residuals and damps more instead, so
+  its iterates never overflow; near the solution the damping vanishes and it is Newton. On a
+  badly conditioned problem (a strongly expanding step) it can stall, and the layer falls back.
 
 ``Options.solver`` (:class:`jrnn.methods.options.Solver`) sets the tolerance, the iteration
 budget and the damping; a positive damping with ``"quasi-deer"`` is quasi-ELK. The Jacobian is
@@ -92,7 +94,7 @@ def layer(
 ) -> tuple[jax.Array, Carry]:
     """One layer with ``k = len(params)`` directions by Newton's method; arguments and results
     as :func:`jrnn.methods.scan.layer`."""
-    ys, carry, _ = solve(cell, params, xs, h0, lengths=lengths, reverse=reverse, options=options)
+    ys, carry, _ = _solve(cell, params, xs, h0, lengths, reverse, options, None)
     return ys, carry
 
 
@@ -131,11 +133,11 @@ def solve(
         >>> from jrnn import cells
         >>> from jrnn.methods import Options, Solver, deer
         >>> params = (cells.LSTM.init(jax.random.key(0), 3, 4),)
-        >>> xs, h0 = jnp.ones((10, 2, 3)), (jnp.zeros((1, 2, 4)), jnp.zeros((1, 2, 4)))
-        >>> options = Options(method="deer", solver=Solver(max_iter=10))
+        >>> xs, h0 = jnp.ones((6, 2, 3)), (jnp.zeros((1, 2, 4)), jnp.zeros((1, 2, 4)))
+        >>> options = Options(method="deer", solver=Solver(max_iter=6))
         >>> ys, (h, c), stats = deer.solve(cells.LSTM, params, xs, h0, options=options)
-        >>> ys.shape, stats.states.shape, bool(stats.fell_back), int(stats.iterations) < 10
-        ((10, 2, 4), (10, 1, 2, 8), False, True)
+        >>> ys.shape, stats.states.shape, bool(stats.fell_back), int(stats.iterations) < 6
+        ((6, 2, 4), (6, 1, 2, 8), False, True)
         >>> warm = deer.solve(cells.LSTM, params, xs, h0, options=options, guess=stats.states)[2]
         >>> int(warm.iterations)
         0
@@ -145,8 +147,11 @@ def solve(
     reason = unsupported(cell, params, xs, options)
     if reason:
         raise ValueError(f"method: {options.method!r} cannot run this layer: {reason}")
-    k = len(params)
-    reverse = (False, True)[:k] if reverse is None else reverse
+    reverse = (False, True)[: len(params)] if reverse is None else reverse
+    return _solve(cell, params, xs, h0, lengths, reverse, options, guess)
+
+
+def _solve(cell, params, xs, h0, lengths, reverse, options, guess):
     steps = steps_of(xs)
     layout = _Layout.of(h0)
     keep = None if lengths is None else valid_mask(lengths, steps)
@@ -268,6 +273,10 @@ def _builtin_diagonal(cell, layout, params, s_prev, inputs):
     carry = layout.unflat(s_prev)
     leaves, treedef = jax.tree.flatten(carry)
     parts = []
+
+    def new_carry(p, c):
+        return cell.recur(p, c, gx)[0]
+
     for index in range(len(leaves)):
         d_carry = treedef.unflatten(
             [jnp.ones_like(a) if i == index else jnp.zeros_like(a) for i, a in enumerate(leaves)]
@@ -275,9 +284,7 @@ def _builtin_diagonal(cell, layout, params, s_prev, inputs):
         d_params = jax.tree.map(jnp.zeros_like, params)
         if index == 0:
             d_params["bias_hh"] = own - weight.sum(axis=1)
-        d_new = jax.jvp(lambda p, c: cell.recur(p, c, gx)[0], (params, carry), (d_params, d_carry))[
-            1
-        ]
+        d_new = jax.jvp(new_carry, (params, carry), (d_params, d_carry))[1]
         parts.append(jax.tree.leaves(d_new)[index])
     diagonal = layout.flat(treedef.unflatten(parts))
     return diagonal if keep is None else jnp.where(keep[..., None], diagonal, 1)

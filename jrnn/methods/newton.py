@@ -18,7 +18,9 @@ affine maps, ``(J_1, c_1) . (J_2, c_2) = (J_2 J_1, J_2 c_1 + c_2)``: depth ``log
   observed with noise ``1 / damping``). A parallel Kalman filter (Sarkka and Garcia-Fernandez
   2021) and a Rauch-Tung-Striebel smoother, both associative scans, compute it. Per row, a step
   that lowers ``sum |r|^2`` is taken and the damping divided by 10; any other is refused and the
-  damping multiplied by 10, so ELK never moves away from the solution where Newton would.
+  damping multiplied by 10. So the kept iterate's ``sum |r|^2`` never grows (nor overflows, as
+  Newton's iterates can); on a badly conditioned problem the refusals can stall it short of the
+  tolerance.
 
 The gradient is the implicit function theorem's, not backpropagation through the iterations:
 with the cotangent ``g_t`` of the states, the adjoint ``l_t = g_t + J_{t+1}^T l_{t+1}`` is one
