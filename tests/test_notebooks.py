@@ -31,7 +31,7 @@ def execute(path: Path):
 
 
 def test_all_notebooks_are_found_and_stored_without_outputs():
-    assert [p.name[:3] for p in PATHS] == ["01_", "02_", "03_", "04_", "05_", "06_", "07_"]
+    assert [p.name[:3] for p in PATHS] == ["01_", "02_", "03_", "04_", "05_", "06_", "07_", "08_"]
     for path in PATHS:
         notebook = nbformat.read(path, as_version=4)
         nbformat.validate(notebook)
