@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs after compiling")
-    parser.add_argument("--max-dense-mb", type=float, default=2048, help="see the description")
+    parser.add_argument("--max-dense-mb", type=float, default=512, help="see the description")
     parser.add_argument("--max-memory-mb", type=float, default=8192, help="see the description")
     parser.add_argument("--quick", action="store_true", help="T=200, H=4, 2 reps: a smoke test")
     parser.add_argument("--out", type=Path, help="write the Markdown table here (+ .json)")

@@ -135,8 +135,9 @@ class _Stack:
                 are padding, as with PyTorch's packed sequences.
             dropout_key: a PRNG key turns on dropout between layers (training); None for none.
             **options: how the layers run, the fields of :class:`jrnn.methods.Options`:
-                ``method`` (``"auto"``, ``"scan"``, ``"compiled"``, ``"associative"``),
-                ``unroll``, ``remat``, ``matmul_dtype``.
+                ``method`` (``"auto"``, ``"scan"``, ``"compiled"``, ``"associative"``,
+                ``"deer"``, ``"quasi-deer"``, ``"elk"``), ``unroll``, ``remat``,
+                ``matmul_dtype``, ``solver``.
 
         Returns:
             ``(output, h_n)``; ``output`` is `(B, T, dirs*H_out)` in the layout of ``x``.

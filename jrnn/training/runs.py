@@ -94,8 +94,9 @@ def _from_meta(meta: dict, where: Path) -> tuple[Task, Model, Options, dict[str,
 
 
 def _check_compatible(
-    saved_model: Model, saved_options: Options, task: Task, model: Model, options: Options, where
-) -> None:
+    saved_model: Model, saved_options: Options, task: Task, model: Model, options: Options,
+    where: Path,
+) -> None:  # fmt: skip
     fixed = RESUME_OPTIONS + task.RESUME_OPTIONS
     asked = {**model.config(), **{k: getattr(options, k) for k in fixed}}
     saved = {**saved_model.config(), **{k: getattr(saved_options, k) for k in fixed}}
@@ -141,8 +142,14 @@ def train(
     Returns:
         The metrics written: ``task``, ``<split>_loss``, ``<split>_accuracy`` (and the task's
         derived metrics) for each evaluation split, ``steps``, ``epochs``, ``seconds``,
-        ``wall_seconds``, ``compiled_shapes``, ``devices``, ``processes``, ``loss_curve`` and
-        the task's final outputs.
+        ``wall_seconds``, ``compiled_shapes``, ``devices``, ``processes``, ``loss_curve``,
+        ``skipped_steps`` (see ``options.max_skips``) and the task's final outputs.
+
+    Raises:
+        NonFiniteError: at a non-finite step beyond ``options.max_skips`` (see
+            :func:`jrnn.training.loop.fit`): the last good state is the latest checkpoint, the
+            step's batch is in ``out/nonfinite-step-<step>.json`` and ``metrics.json`` holds
+            ``stopped`` (the message) and the summary up to there.
 
     In a run of several processes (see :mod:`jrnn.training.distributed`) every process calls
     it alike; only process 0 calls ``on_step`` and ``log`` and writes ``metrics.json``.
