@@ -8,10 +8,10 @@
 #                                                           already has jax (CUDA), torch, flax
 #                                                           and optax: no venv, no install
 #
-# Writes $OUT/gpu_table.md, $OUT/gpu_table.json and $OUT/gpu_log.txt (OUT defaults to
-# /tmp/jrnn-bench-out). Environment: PYTHON (python3), VENV (/tmp/jrnn-bench-venv; reused when it
+# Writes $OUT/gpu_table.md and .json (benchmarks.run), $OUT/gpu_parallel.md and .json
+# (benchmarks.parallel) and $OUT/gpu_log.txt (OUT defaults to /tmp/jrnn-bench-out). Environment: PYTHON (python3), VENV (/tmp/jrnn-bench-venv; reused when it
 # exists), JAX_CUDA (cuda13, the CUDA of PyPI's torch 2.13 wheels; cuda12 for older drivers),
-# BENCH_TIMEOUT (seconds for the benchmark itself, 360). The table is rewritten after every
+# BENCH_TIMEOUT (seconds for benchmarks.run, 360), PARALLEL_TIMEOUT (benchmarks.parallel, 240). The table is rewritten after every
 # configuration, so a run cut short still leaves the configurations it finished.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -84,5 +84,15 @@ if ((status == 124)); then
 elif ((status != 0)); then
     echo "gpu.sh: the benchmark failed (exit $status)"
 fi
-step "done: $OUT/gpu_table.md"
+
+step "parallel in time"  # minGRU, minLSTM, LRU: associative vs sequential, vs LSTM/GRU and memax
+parallel_args=(--steps 128 1000 10000 100000 --reps 5)
+((DRY_RUN)) && parallel_args=(--quick)
+timeout "${PARALLEL_TIMEOUT:-240}" "$PY" -m benchmarks.parallel "${parallel_args[@]}" \
+    --out "$OUT/gpu_parallel.md"
+parallel_status=$?
+((parallel_status == 124)) && echo "gpu.sh: benchmarks.parallel ran out of time"
+((parallel_status != 0 && parallel_status != 124)) && echo "gpu.sh: benchmarks.parallel failed"
+((status == 0)) && status=$parallel_status
+step "done: $OUT/gpu_table.md, $OUT/gpu_parallel.md"
 exit "$status"

@@ -9,7 +9,10 @@ and backs it with transparent huge pages.
 
 glibc reads ``GLIBC_TUNABLES`` only when a process starts, so :func:`reexec` restarts the
 current command with it set; the ``jrnn`` command and ``python -m benchmarks.run`` call it
-first thing. For a notebook or script of your own, start Python with the variable set::
+first thing. A script or notebook of your own can instead call :func:`tune` first thing: it
+sets the two settings that matter, no ``mmap`` and no trimming, in the running process through
+``mallopt`` (all but the huge pages; see the README's speed section for what each gives). Or
+start Python with the variable set::
 
     export GLIBC_TUNABLES=$(python -c "import jrnn.malloc as m; print(m.TUNABLES)")
     jupyter lab
@@ -19,6 +22,7 @@ A ``GLIBC_TUNABLES`` already in the environment (even empty) is left alone.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import sys
@@ -45,3 +49,24 @@ def reexec() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, sys.orig_argv, environ)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's <malloc.h>
+_INT_MAX = 2**31 - 1  # mallopt takes an int: 2 GiB is the highest trim threshold it can set
+
+
+def tune() -> bool:
+    """Set glibc malloc's ``mmap_max=0`` and the highest trim threshold in this process.
+
+    The part of :data:`TUNABLES` that a running process can still change (``mallopt``); call it
+    before the first large allocation, e.g. at the top of a notebook. Blocks that were served
+    with ``mmap`` before the call stay so until freed.
+
+    Returns:
+        True when both settings took effect; False when libc is not glibc (nothing changed).
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1

@@ -1,0 +1,99 @@
+"""Where the compiled LSTM's forward pass spends its time: ``python -m benchmarks.breakdown``.
+
+Times, in one process and interleaved (medians of ``--reps`` rounds of ``--calls`` calls), the
+pieces of one batch-first forward pass on the compiled path (:mod:`jrnn.methods.compiled`) of the
+``--config`` model, and torch's forward on the same weights:
+
+- ``spec.apply``: the whole pass as a user calls it (batch-first input and output);
+- ``time-major``: the same on `(T, B, D)` input, without the two transposes;
+- ``projection``: the input projection alone, ``x @ W_ih^T + b_ih`` into `(T, B, 4H)` (XLA);
+- ``recurrence``: the FFI call alone, on a precomputed projection (the loop over time);
+- ``matmul peak``: a jitted float32 matmul of the same FLOPs as the recurrence's, as one
+  `(T*B, H) @ (H, 4H)`: what the cores do on a matmul without the time dependence.
+
+No environment variables are set: run it as a plain script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jrnn
+from benchmarks.configs import CONFIGS
+from jrnn.methods import compiled
+
+
+def pieces(name: str) -> dict[str, object]:
+    config = CONFIGS[name]
+    if config.num_layers != 1 or config.bidirectional:
+        raise SystemExit("--config: expected a one-layer, one-direction configuration")
+    spec_class = {"lstm": jrnn.LSTM, "gru": jrnn.GRU, "rnn_tanh": jrnn.RNN}[config.cell]
+    spec = spec_class(config.input_size, config.hidden_size)
+    params = spec.init(jax.random.key(0))
+    p = params[0][0]
+    b, t, d, h = config.batch, config.steps, config.input_size, config.hidden_size
+    x = jax.random.normal(jax.random.key(1), (b, t, d))
+    xt = jnp.swapaxes(x, 0, 1)
+    code = compiled._CODES[spec.cell.kernel]
+    w_ih, b_ih = p["weight_ih"][None], p["bias_ih"][None]
+    w_hh, b_hh = p["weight_hh"][None], p["bias_hh"][None]
+    gh = w_hh.shape[1]
+    zeros = jnp.zeros((b, h))
+    keep = jnp.ones((t, b), jnp.uint8)
+    gx = compiled._project(xt, w_ih, b_ih)
+    apply = jax.jit(lambda p, x: spec.apply(p, x)[0])
+    time_major = dataclasses.replace(spec, batch_first=False)
+    apply_t = jax.jit(lambda p, x: time_major.apply(p, x)[0])
+    project = jax.jit(compiled._project)
+    recur = jax.jit(
+        lambda gx: compiled._call_forward(code, 0, gx, w_hh, b_hh, zeros, zeros, keep)[0]
+    )
+    a = jax.random.normal(jax.random.key(2), (t * b, h))
+    w = jax.random.normal(jax.random.key(3), (h, gh))
+    peak = jax.jit(lambda a, w: a @ w)
+    return {
+        "spec.apply": lambda: apply(params, x).block_until_ready(),
+        "time-major": lambda: apply_t(params, xt).block_until_ready(),
+        "projection": lambda: project(xt, w_ih, b_ih).block_until_ready(),
+        "recurrence": lambda: recur(gx).block_until_ready(),
+        "matmul peak": lambda: peak(a, w).block_until_ready(),
+    }, 2.0 * t * b * gh * h
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", choices=list(CONFIGS), default="lstm")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=15)
+    args = parser.parse_args(argv)
+    calls, recurrent_flops = pieces(args.config)
+    for fn in calls.values():
+        fn(), fn()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(args.reps):
+        for _ in range(args.calls):
+            for key, fn in calls.items():
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+    print(f"{CONFIGS[args.config].describe()}; ISA {compiled.isa()}, "
+          f"load {os.getloadavg()[0]:.2f}, {args.reps}x{args.calls} calls")
+    total = statistics.median(times["spec.apply"])
+    for key, values in times.items():
+        med = statistics.median(values)
+        extra = ""
+        if key in ("recurrence", "matmul peak"):
+            extra = f", recurrent matmul at {recurrent_flops / med / 1e9:.0f} GFLOP/s"
+        print(f"{key:12s} {1e3 * med:7.2f} ms  ({med / total:5.1%} of spec.apply{extra})")
+
+
+if __name__ == "__main__":
+    main()
