@@ -24,7 +24,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import jrnn
 from benchmarks.configs import CONFIGS
@@ -84,8 +83,10 @@ def main(argv: list[str] | None = None) -> None:
                 start = time.perf_counter()
                 fn()
                 times[key].append(time.perf_counter() - start)
-    print(f"{CONFIGS[args.config].describe()}; ISA {compiled.isa()}, "
-          f"load {os.getloadavg()[0]:.2f}, {args.reps}x{args.calls} calls")
+    print(
+        f"{CONFIGS[args.config].describe()}; ISA {compiled.isa()}, "
+        f"load {os.getloadavg()[0]:.2f}, {args.reps}x{args.calls} calls"
+    )
     total = statistics.median(times["spec.apply"])
     for key, values in times.items():
         med = statistics.median(values)

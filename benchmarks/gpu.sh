@@ -9,10 +9,12 @@
 #                                                           and optax: no venv, no install
 #
 # Writes $OUT/gpu_table.md and .json (benchmarks.run), $OUT/gpu_parallel.md and .json
-# (benchmarks.parallel) and $OUT/gpu_log.txt (OUT defaults to /tmp/jrnn-bench-out). Environment: PYTHON (python3), VENV (/tmp/jrnn-bench-venv; reused when it
-# exists), JAX_CUDA (cuda13, the CUDA of PyPI's torch 2.13 wheels; cuda12 for older drivers),
-# BENCH_TIMEOUT (seconds for benchmarks.run, 360), PARALLEL_TIMEOUT (benchmarks.parallel, 240). The table is rewritten after every
-# configuration, so a run cut short still leaves the configurations it finished.
+# (benchmarks.parallel), $OUT/gpu_deer.md and .json (benchmarks.deer) and $OUT/gpu_log.txt (OUT
+# defaults to /tmp/jrnn-bench-out). Environment: PYTHON (python3), VENV (/tmp/jrnn-bench-venv;
+# reused when it exists), JAX_CUDA (cuda13, the CUDA of PyPI's torch 2.13 wheels; cuda12 for
+# older drivers), BENCH_TIMEOUT (seconds for benchmarks.run, 360), PARALLEL_TIMEOUT
+# (benchmarks.parallel, 240), DEER_TIMEOUT (benchmarks.deer, 240). Each table is rewritten after
+# every configuration, so a run cut short still leaves the configurations it finished.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -94,5 +96,14 @@ parallel_status=$?
 ((parallel_status == 124)) && echo "gpu.sh: benchmarks.parallel ran out of time"
 ((parallel_status != 0 && parallel_status != 124)) && echo "gpu.sh: benchmarks.parallel failed"
 ((status == 0)) && status=$parallel_status
-step "done: $OUT/gpu_table.md, $OUT/gpu_parallel.md"
+
+step "Newton methods"  # DEER, quasi-DEER, ELK against the scan (no compiled path on GPU)
+deer_args=(--methods scan quasi-deer deer elk --reps 3)
+((DRY_RUN)) && deer_args=(--quick)
+timeout "${DEER_TIMEOUT:-240}" "$PY" -m benchmarks.deer "${deer_args[@]}" --out "$OUT/gpu_deer.md"
+deer_status=$?
+((deer_status == 124)) && echo "gpu.sh: benchmarks.deer ran out of time"
+((deer_status != 0 && deer_status != 124)) && echo "gpu.sh: benchmarks.deer failed"
+((status == 0)) && status=$deer_status
+step "done: $OUT/gpu_table.md, $OUT/gpu_parallel.md, $OUT/gpu_deer.md"
 exit "$status"

@@ -3,7 +3,8 @@
     python -m benchmarks.plain [--configs lstm lstm2bi gru rnn] [--rounds 3] [--calls 15]
 
 Unlike :mod:`benchmarks.run` this process never touches ``GLIBC_TUNABLES``, ``OMP_*`` or
-``XLA_FLAGS``: it is what ``python my_script.py`` gets. Torch runs with
+``XLA_FLAGS``: it is what ``python my_script.py`` gets; ``--tune`` adds what such a script can
+do for itself, a call of :func:`jrnn.malloc.tune` first thing. Torch runs with
 ``torch.set_num_threads(<cores>)``, its input without ``requires_grad`` for the forward pass.
 For each configuration it builds the torch module, copies its weights into jrnn
 (``jrnn.from_torch``), warms every function up, then runs ``--rounds`` rounds; a round times
@@ -28,6 +29,8 @@ import torch
 import jrnn
 from benchmarks.configs import CONFIGS, MAIN
 from benchmarks.peers import torch_module
+from jrnn import malloc
+
 
 def functions(name: str, seed: int = 0) -> dict[str, object]:
     """The timed calls of one configuration, each returning once its result is computed."""
@@ -73,10 +76,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(MAIN))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=15)
+    parser.add_argument(
+        "--tune", action="store_true", help="call jrnn.malloc.tune() first, as a user's script can"
+    )
     args = parser.parse_args(argv)
+    if args.tune and not malloc.tune():
+        raise SystemExit("--tune: this libc is not glibc")
     torch.set_num_threads(os.cpu_count() or 1)
-    print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"ISA {jrnn.methods.compiled.isa()}, load {os.getloadavg()[0]:.2f}")
+    print(
+        f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"ISA {jrnn.methods.compiled.isa()}, load {os.getloadavg()[0]:.2f}, "
+        f"malloc {'tuned (jrnn.malloc.tune())' if args.tune else 'glibc defaults'}"
+    )
     ratios: dict[str, list[float]] = {"fwd": [], "train": []}
     for name in args.configs:
         calls = functions(name)
@@ -90,15 +101,17 @@ def main(argv: list[str] | None = None) -> None:
                     fn()
                     times[key].append(time.perf_counter() - start)
             row = ", ".join(
-                f"{k} {1e3 * statistics.median(v[-args.calls:]):.1f}" for k, v in times.items()
+                f"{k} {1e3 * statistics.median(v[-args.calls :]):.1f}" for k, v in times.items()
             )
             print(f"{name} round {r + 1} (ms): {row}")
         med = {k: statistics.median(v) for k, v in times.items()}
         fwd, train = med["jrnn fwd"] / med["torch fwd"], med["jrnn train"] / med["torch train"]
         ratios["fwd"].append(fwd)
         ratios["train"].append(train)
-        print(f"{name}: jrnn/torch fwd {fwd:.2f}x, train {train:.2f}x; "
-              f"jrnn-scan/torch fwd {med['jrnn-scan fwd'] / med['torch fwd']:.2f}x")
+        print(
+            f"{name}: jrnn/torch fwd {fwd:.2f}x, train {train:.2f}x; "
+            f"jrnn-scan/torch fwd {med['jrnn-scan fwd'] / med['torch fwd']:.2f}x"
+        )
     for kind, values in ratios.items():
         geo = math.exp(statistics.mean(math.log(v) for v in values))
         print(f"geometric mean jrnn/torch {kind}: {geo:.2f}x over {', '.join(args.configs)}")

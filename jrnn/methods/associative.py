@@ -3,7 +3,8 @@
 A cell with an associative form (``Cell.associative``, a :class:`jrnn.cells.Linear`) has a state
 that follows ``h_t = a_t * h_{t-1} + b_t`` elementwise, with ``a_t`` and ``b_t`` from the input
 alone. The pairs compose associatively, ``(a1, b1) then (a2, b2) = (a1 * a2, a2 * b1 + b2)``, so
-all ``T`` states come out of one ``jax.lax.associative_scan`` in depth ``log T``:
+all ``T`` states come out of one ``jax.lax.associative_scan`` in depth ``log T`` (on CPU, the same
+compositions in two levels of ``sqrt(T)`` sequential steps each, see ``_prefix``):
 
 - with linear coefficients (the LRU, complex), ``h0`` enters as ``b_0 + a_0 * h0``;
 - with log coefficients (minGRU, minLSTM: ``a, b > 0``) pairs compose in log space,
@@ -15,8 +16,9 @@ all ``T`` states come out of one ``jax.lax.associative_scan`` in depth ``log T``
 - the directions of a layer are stacked on one axis and scanned together; a reverse direction
   reads its input reversed in time within each length (one gather for the whole array, see
   :func:`jrnn.methods.common.reverse_time`), its outputs reversed back the same way;
-- padding: past a sequence's end the coefficients are ``a = 1, b = 0`` (``0, -inf`` in log
-  space), so its state is kept and the final state is the one at the sequence's own end;
+- padding: past a sequence's end the coefficients are ``a = 1, b = 0`` (``0`` and a finite
+  stand-in for ``-inf`` in log space, see ``_log_zero``), so its state is kept and the
+  final state is the one at the sequence's own end;
   outputs there are zero, as on the scan path;
 - ``remat``: chunks of ``remat`` steps under ``jax.checkpoint``, each an associative scan that
   starts from the state the chunk before left (sequential over chunks, parallel within).
@@ -39,6 +41,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -49,10 +53,11 @@ from jrnn.methods.common import chunked, reverse_time, steps_of, valid_mask
 from jrnn.methods.options import Options
 
 # The shortest sequence for which method="auto" takes this path, by backend; None: never. On
-# XLA:CPU (2 shared cores, jax 0.10.2) it lost to the scan path at nearly every size measured
-# (minGRU and LRU, B x H from 1 x 64 to 32 x 128, T from 16 to 10,000): forward 1.3-11x and train
-# step 1.4-3x slower, the one win an LRU train step at T = 64, B x H = 32 x 128 (1.2x). Its
-# compile time also grows with log T: tens of seconds for a train step at T = 1,000.
+# XLA:CPU (2 cores, AMD EPYC, jax 0.10.2; python -m benchmarks.parallel) the two-level form of
+# _prefix still loses to the scan path or ties: at T = 128, 1,000 and 10,000 (B x H 32 x 128,
+# 16 x 128, 8 x 64) minGRU forward 1.6-2.1x and train step 1.5-2.7x slower, minLSTM 1.2-1.3x
+# forward, LRU within 0.93-1.06x. (With jax.lax.associative_scan, minGRU's and minLSTM's forward
+# pass was 2.1-3.9x slower still; the LRU's about the same.)
 MIN_STEPS: dict[str, int | None] = {"cpu": None}
 
 
@@ -117,7 +122,9 @@ def layer(
         if mask is not None:
             keep = jnp.broadcast_to(mask[:, None, :, None], a.shape)
             a = jnp.where(keep, a, jnp.zeros_like(a) if form.log else jnp.ones_like(a))
-            b = jnp.where(keep, b, jnp.full_like(b, -jnp.inf) if form.log else jnp.zeros_like(b))
+            b = jnp.where(
+                keep, b, jnp.full_like(b, _log_zero(b)) if form.log else jnp.zeros_like(b)
+            )
         hs = _log_states(a, b, h0) if form.log else _states(a, b, h0)
         ys = jnp.stack(
             [
@@ -150,7 +157,8 @@ def _states(a: jax.Array, b: jax.Array, h0: jax.Array) -> jax.Array:
         a2, b2 = later
         return a1 * a2, a2 * b1 + b2
 
-    return jax.lax.associative_scan(compose, (a, b))[1]
+    identity = (jnp.ones_like(a[0]), jnp.zeros_like(b[0]))
+    return _prefix(compose, (a, b), identity)[1]
 
 
 def _log_states(log_a: jax.Array, log_b: jax.Array, h0: jax.Array) -> jax.Array:
@@ -162,5 +170,54 @@ def _log_states(log_a: jax.Array, log_b: jax.Array, h0: jax.Array) -> jax.Array:
         la2, lb2 = later
         return la1 + la2, jnp.logaddexp(lb1 + la2, lb2)
 
-    log_decay, log_h = jax.lax.associative_scan(compose, (log_a, log_b))
+    identity = (jnp.zeros_like(log_a[0]), jnp.full_like(log_b[0], _log_zero(log_b)))
+    log_decay, log_h = _prefix(compose, (log_a, log_b), identity)
     return jnp.exp(log_decay) * h0[None] + jnp.exp(log_h)
+
+
+def _log_zero(like: jax.Array) -> float:
+    """``log 0`` in log space: a finite stand-in for ``-inf`` (half the dtype's lowest value,
+    so that sums with a few log coefficients stay finite). ``exp`` of it is exactly 0 and
+    ``logaddexp(x, it)`` exactly ``x`` for any ``x`` in range, as with ``-inf``, but its
+    derivatives are finite: ``logaddexp(-inf, -inf)`` has a NaN forward-mode derivative."""
+    return float(jnp.finfo(like.dtype).min) / 2
+
+
+def _prefix(compose: Callable, elems: tuple[jax.Array, ...], identity: tuple) -> tuple:
+    """The inclusive prefix compositions of ``elems`` (each `(T, ...)`) along time.
+
+    On an accelerator, ``jax.lax.associative_scan`` (depth ``log T``). On CPU, where a few cores
+    gain nothing from that depth and its ``log T`` strided passes over the whole array cost more
+    than the sequential scan, the same compositions in two levels of ``C = ceil(sqrt(T))``:
+    a sequential scan over the ``C`` steps of every chunk at once, one over the ``T / C`` chunk
+    totals, and one elementwise composition of each step with the total of the chunks before it.
+    That is ``2 sqrt(T)`` loop steps of ``sqrt(T)``-wide vector work instead of ``T`` steps.
+    ``identity`` pads ``T`` to a multiple of ``C`` at the end; those steps are dropped.
+    """
+    if jax.default_backend() != "cpu":
+        return jax.lax.associative_scan(compose, elems)
+    steps = elems[0].shape[0]
+    width = max(1, math.isqrt(steps - 1) + 1)  # ceil(sqrt(T))
+    chunks = -(-steps // width)
+    pad = chunks * width - steps
+
+    def split(x, e):  # (T, ...) -> (C, T / C, ...), identity-padded at the end
+        x = jnp.concatenate([x, jnp.broadcast_to(e, (pad, *e.shape))]) if pad else x
+        return jnp.swapaxes(x.reshape(chunks, width, *x.shape[1:]), 0, 1)
+
+    def scan(xs):  # inclusive prefixes along the leading axis, from its first element
+        def step(carry, x):
+            carry = compose(carry, x)
+            return carry, carry
+
+        first = tuple(x[0] for x in xs)
+        rest = jax.lax.scan(step, first, tuple(x[1:] for x in xs))[1]
+        return tuple(jnp.concatenate([f[None], r]) for f, r in zip(first, rest, strict=True))
+
+    within = scan(tuple(split(x, e) for x, e in zip(elems, identity, strict=True)))
+    totals = scan(tuple(w[-1] for w in within))  # (T / C, ...): through the end of each chunk
+    later = compose(  # the chunks after the first, each step after the chunks before its own
+        tuple(t[None, :-1] for t in totals), tuple(w[:, 1:] for w in within)
+    )
+    full = (jnp.concatenate([w[:, :1], c], axis=1) for w, c in zip(within, later, strict=True))
+    return tuple(jnp.swapaxes(f, 0, 1).reshape(chunks * width, *f.shape[2:])[:steps] for f in full)
