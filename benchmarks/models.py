@@ -6,7 +6,6 @@ A :class:`Model` holds two ready-to-call closures, each running one forward or o
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable
@@ -20,7 +19,6 @@ import jrnn
 from benchmarks.configs import Config
 
 SPECS = {"lstm": jrnn.LSTM, "gru": jrnn.GRU, "rnn_tanh": jrnn.RNN}
-REMAT_OPTIONS = ("checkpoint_every", "remat")  # keyword names jrnn's apply may offer for it
 
 
 class Model(NamedTuple):
@@ -71,21 +69,15 @@ def spec_of(config: Config) -> jrnn.nn.Spec:
     )
 
 
-def remat_option(spec: jrnn.nn.Spec, steps: int) -> dict[str, Any] | None:
-    """The keyword that turns on rematerialisation in ``spec.apply``, or None if it has none.
-
-    A boolean option is set to True; any other is taken as a checkpoint interval, ``sqrt(T)``.
-    """
-    parameters = inspect.signature(spec.apply).parameters
-    for name in REMAT_OPTIONS:
-        if name in parameters:
-            flag = isinstance(parameters[name].default, bool)
-            return {name: True if flag else max(1, round(math.sqrt(steps)))}
-    return None
+def remat_option(spec: jrnn.nn.Spec, steps: int) -> dict[str, Any]:
+    """The keywords that turn on rematerialisation in ``spec.apply``: chunks of ``sqrt(T)`` steps
+    (``jrnn.Options.remat``)."""
+    return {"remat": max(1, round(math.sqrt(steps)))}
 
 
 def compiled_recurrence(device: str) -> bool:
-    """Whether jrnn's default path on ``device`` is its compiled recurrence (``jrnn.methods.compiled``).
+    """Whether jrnn's default path on ``device`` is its compiled recurrence
+    (``jrnn.methods.compiled``).
 
     When it is, the benchmark also times the pure-JAX scan, ``apply(..., method="scan")``, as
     ``jrnn-scan``.

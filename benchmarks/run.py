@@ -129,18 +129,13 @@ def build_models(
         params = spec.init(jax.random.key(SEED))
     if "jrnn" in frameworks:
         builders["jrnn"] = lambda: models.jrnn_model(spec, params, jnp.asarray(x))
-        options = models.remat_option(spec, config.steps) if config.remat else None
-        if options:
+        if config.remat:
+            options = models.remat_option(spec, config.steps)
             builders["jrnn-remat"] = lambda: models.jrnn_model(
                 spec, params, jnp.asarray(x), options
             )
             keywords = ", ".join(f"{key}={value}" for key, value in options.items())
             notes.append(f"`{config.name}` jrnn-remat: `apply(params, x, {keywords})`")
-        elif config.remat:
-            notes.append(
-                f"`{config.name}`: jrnn-remat not run, `{type(spec).__name__}.apply` has none of "
-                f"the options {', '.join(models.REMAT_OPTIONS)}"
-            )
         if models.compiled_recurrence(torch_device):
             builders["jrnn-scan"] = lambda: models.jrnn_model(
                 spec, params, jnp.asarray(x), {"method": "scan"}

@@ -63,16 +63,18 @@ def test_round_robin_runs_every_task_once_per_rep_in_rotating_order(bench):
     assert [rep[0] for rep in reps] == ["a", "b", "c", "a"]
 
 
-def test_remat_option_is_found_by_keyword_name(bench):
-    class Interval:
-        def apply(self, params, x, *, checkpoint_every: int | None = None): ...
+def test_remat_option_is_a_jrnn_option_of_sqrt_t_steps_that_changes_no_number(bench):
+    import jax
+    import numpy as np
 
-    class Flag:
-        def apply(self, params, x, *, remat: bool = False): ...
+    import jrnn
 
-    class Neither:
-        def apply(self, params, x, *, unroll: int = 1): ...
-
-    assert bench.models.remat_option(Interval(), 10_000) == {"checkpoint_every": 100}
-    assert bench.models.remat_option(Flag(), 10_000) == {"remat": True}
-    assert bench.models.remat_option(Neither(), 10_000) is None
+    spec = jrnn.LSTM(3, 4)
+    assert bench.models.remat_option(spec, 10_000) == {"remat": 100}
+    options = bench.models.remat_option(spec, 9)
+    assert jrnn.Options(**options).remat == 3
+    params = spec.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (2, 9, 3))
+    np.testing.assert_allclose(
+        spec.apply(params, x, **options)[0], spec.apply(params, x)[0], atol=1e-6
+    )
