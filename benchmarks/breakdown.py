@@ -20,22 +20,22 @@ import argparse
 import dataclasses
 import os
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
-import jrnn
 from benchmarks.configs import CONFIGS
+from benchmarks.models import spec_of
+from benchmarks.run import round_robin
 from jrnn.methods import compiled
+
+# the configurations of one layer and one direction: the pieces below are one FFI call's
+SINGLE = [n for n, c in CONFIGS.items() if c.num_layers == 1 and not c.bidirectional]
 
 
 def pieces(name: str) -> dict[str, object]:
     config = CONFIGS[name]
-    if config.num_layers != 1 or config.bidirectional:
-        raise SystemExit("--config: expected a one-layer, one-direction configuration")
-    spec_class = {"lstm": jrnn.LSTM, "gru": jrnn.GRU, "rnn_tanh": jrnn.RNN}[config.cell]
-    spec = spec_class(config.input_size, config.hidden_size)
+    spec = spec_of(config)
     params = spec.init(jax.random.key(0))
     p = params[0][0]
     b, t, d, h = config.batch, config.steps, config.input_size, config.hidden_size
@@ -69,20 +69,12 @@ def pieces(name: str) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", choices=list(CONFIGS), default="lstm")
+    parser.add_argument("--config", choices=SINGLE, default="lstm")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--calls", type=int, default=15)
     args = parser.parse_args(argv)
     calls, recurrent_flops = pieces(args.config)
-    for fn in calls.values():
-        fn(), fn()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(args.reps):
-        for _ in range(args.calls):
-            for key, fn in calls.items():
-                start = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - start)
+    times = round_robin(calls, args.reps * args.calls, warmup=2)  # ms
     print(
         f"{CONFIGS[args.config].describe()}; ISA {compiled.isa()}, "
         f"load {os.getloadavg()[0]:.2f}, {args.reps}x{args.calls} calls"
@@ -92,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         med = statistics.median(values)
         extra = ""
         if key in ("recurrence", "matmul peak"):
-            extra = f", recurrent matmul at {recurrent_flops / med / 1e9:.0f} GFLOP/s"
-        print(f"{key:12s} {1e3 * med:7.2f} ms  ({med / total:5.1%} of spec.apply{extra})")
+            extra = f", recurrent matmul at {recurrent_flops / med / 1e6:.0f} GFLOP/s"
+        print(f"{key:12s} {med:7.2f} ms  ({med / total:5.1%} of spec.apply{extra})")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ do for itself, a call of :func:`jrnn.malloc.tune` first thing. Torch runs with
 For each configuration it builds the torch module, copies its weights into jrnn
 (``jrnn.from_torch``), warms every function up, then runs ``--rounds`` rounds; a round times
 ``--calls`` calls of each of jrnn's forward (its default method, then ``method="scan"``), its
-train step and torch's, interleaved. It prints each round's medians and the ratios of the
-medians of all calls (below 1: jrnn is faster).
+train step and torch's, interleaved (:func:`benchmarks.run.round_robin`). It prints each
+round's medians and the ratios of the medians of all calls (below 1: jrnn is faster).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import argparse
 import math
 import os
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +28,7 @@ import torch
 import jrnn
 from benchmarks.configs import CONFIGS, MAIN
 from benchmarks.peers import torch_module
+from benchmarks.run import round_robin
 from jrnn import malloc
 
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.tune and not malloc.tune():
         raise SystemExit("--tune: this libc is not glibc")
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     print(
         f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"ISA {jrnn.methods.compiled.isa()}, load {os.getloadavg()[0]:.2f}, "
@@ -91,17 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     ratios: dict[str, list[float]] = {"fwd": [], "train": []}
     for name in args.configs:
         calls = functions(name)
-        for fn in calls.values():  # warm-up: compile, first-touch the buffers
-            fn(), fn()
         times: dict[str, list[float]] = {key: [] for key in calls}
-        for r in range(args.rounds):
-            for _ in range(args.calls):
-                for key, fn in calls.items():
-                    start = time.perf_counter()
-                    fn()
-                    times[key].append(time.perf_counter() - start)
+        for r in range(args.rounds):  # the first round also warms up: compile, first touch
+            for key, ms in round_robin(calls, args.calls, 2 if r == 0 else 0).items():
+                times[key] += ms
             row = ", ".join(
-                f"{k} {1e3 * statistics.median(v[-args.calls :]):.1f}" for k, v in times.items()
+                f"{k} {statistics.median(v[-args.calls :]):.1f}" for k, v in times.items()
             )
             print(f"{name} round {r + 1} (ms): {row}")
         med = {k: statistics.median(v) for k, v in times.items()}

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
+
+import jrnn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,11 +68,6 @@ def test_round_robin_runs_every_task_once_per_rep_in_rotating_order(bench):
 
 
 def test_remat_option_is_a_jrnn_option_of_sqrt_t_steps_that_changes_no_number(bench):
-    import jax
-    import numpy as np
-
-    import jrnn
-
     spec = jrnn.LSTM(3, 4)
     assert bench.models.remat_option(spec, 10_000) == {"remat": 100}
     options = bench.models.remat_option(spec, 9)

@@ -152,6 +152,7 @@ def solve(
 
 
 def _solve(cell, params, xs, h0, lengths, reverse, options, guess):
+    """:func:`solve` once its layer is known to be supported and ``reverse`` is set."""
     steps = steps_of(xs)
     layout = _Layout.of(h0)
     keep = None if lengths is None else valid_mask(lengths, steps)
