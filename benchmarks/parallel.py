@@ -36,8 +36,10 @@ import jrnn
 from benchmarks.models import Model, jax_model, jrnn_model
 from benchmarks.run import round_robin
 
-SIZES = {128: (32, 128), 1_000: (16, 128), 10_000: (8, 64), 100_000: (2, 64)}  # T: (B, H)
-QUICK = {64: (2, 8)}
+# T: its (B, H) sizes. B = 1 at T = 10,000: one long sequence, where the scan's steps are the
+# least work each.
+SIZES = {128: [(32, 128)], 1_000: [(16, 128)], 10_000: [(8, 64), (1, 64)], 100_000: [(2, 64)]}
+QUICK = {64: [(2, 8)]}
 SEED = 0
 KINDS = ("forward", "train")
 CELLS = {"minGRU": jrnn.MinGRU, "minLSTM": jrnn.MinLSTM, "LRU": jrnn.LRU}
@@ -150,7 +152,7 @@ def bench_length(steps: int, size: tuple[int, int], args: argparse.Namespace, no
 
 def markdown(rows: list[Row], meta: dict[str, Any], notes: list[str]) -> str:
     """The table: times, ratios to each row's reference, XLA memory."""
-    by_name = {(row.steps, row.name): row for row in rows}
+    by_name = {(row.steps, row.batch, row.hidden, row.name): row for row in rows}
     lines = [f"- {key}: {value}" for key, value in meta.items()]
     lines += [
         "",
@@ -159,7 +161,7 @@ def markdown(rows: list[Row], meta: dict[str, Any], notes: list[str]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        ref = by_name.get((row.steps, row.reference))
+        ref = by_name.get((row.steps, row.batch, row.hidden, row.reference))
         ratios = ("", "") if ref is None else (
             f"{row.forward_ms / ref.forward_ms:.2f}", f"{row.train_ms / ref.train_ms:.2f}"
         )  # fmt: skip
@@ -187,7 +189,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     rows: list[Row] = []
     notes: list[str] = []
     for steps in args.steps:
-        rows += bench_length(steps, sizes[steps], args, notes)
+        for size in sizes[steps]:
+            rows += bench_length(steps, size, args, notes)
         meta["load_average_1min"] += f", {os.getloadavg()[0]:.1f} after T={steps}"
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -57,19 +57,21 @@ class Linear(NamedTuple):
     elementwise, with ``a_t`` and ``b_t`` from the step's input alone (no ``h`` in them).
 
     Pairs compose associatively, ``(a1, b1) then (a2, b2) = (a1 * a2, a2 * b1 + b2)``, which lets
-    :mod:`jrnn.methods.associative` compute all ``T`` states in depth ``log T``.
+    :mod:`jrnn.methods.associative` compute the coefficients of all ``T`` steps at once and the
+    states in depth ``log T``.
 
     Attributes:
         coefficients: ``(params, gx) -> (a, b)``, each the shape of the state `(..., N)`, from
             the cell's ``project`` output ``gx`` (of every step at once: `(T, B, N)`).
-        log: the coefficients are ``(log a, log b)`` (real, for ``a, b > 0``); the scan then
-            composes them in log space.
+        log_coefficients: optional ``(params, gx) -> (log a, log b)``, for a cell whose ``a``
+            and ``b`` are positive; where given, the parallel scan composes in log space
+            (stable for any ``T``). The sequential composition on CPU uses ``coefficients``.
         readout: ``(params, h, gx) -> y``, a step's output from its new state, for a cell whose
             output is not its state; None when ``y_t = h_t``.
     """
 
     coefficients: Callable[[Any, Any], tuple[jax.Array, jax.Array]]
-    log: bool = False
+    log_coefficients: Callable[[Any, Any], tuple[jax.Array, jax.Array]] | None = None
     readout: Callable[[Any, jax.Array, Any], jax.Array] | None = None
 
 

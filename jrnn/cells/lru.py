@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -66,23 +67,24 @@ def _leading(v: jax.Array, ndim: int) -> jax.Array:
     return jnp.expand_dims(v, tuple(range(ndim - 1)))
 
 
-def _project(params, u):
+def _project(matmul_dtype, params, u):
     scale = jnp.exp(params["gamma_log"])[:, None]  # (N, 1): gamma folded into B's rows
-    b_re = affine(u, params["B_re"] * scale, None)
-    b_im = affine(u, params["B_im"] * scale, None)
+    b_re = affine(u, params["B_re"] * scale, None, matmul_dtype)
+    b_im = affine(u, params["B_im"] * scale, None, matmul_dtype)
     return jax.lax.complex(b_re, b_im), u  # gamma * (B u_t) (..., N), and u_t for the skip
 
 
-def _readout(params, x, gx):
+def _readout(matmul_dtype, params, x, gx):
     _, u = gx
-    real = affine(x.real, params["C_re"], None) - affine(x.imag, params["C_im"], None)
+    real = affine(x.real, params["C_re"], None, matmul_dtype)
+    real = real - affine(x.imag, params["C_im"], None, matmul_dtype)
     return real + _leading(params["D"], u.ndim) * u  # Re(C x) + D * u
 
 
-def _recur(params, x, gx):
+def _recur(matmul_dtype, params, x, gx):
     bu, _ = gx
     x = _leading(lam(params), x.ndim) * x + bu
-    return x, _readout(params, x, gx)
+    return x, _readout(matmul_dtype, params, x, gx)
 
 
 def _coefficients(params, gx):
@@ -107,7 +109,7 @@ def lru(r_min: float = 0.0, r_max: float = 1.0, max_phase: float = 2 * math.pi) 
 
 
 @functools.cache
-def _lru(r_min: float, r_max: float, max_phase: float) -> Cell:
+def _lru(r_min: float, r_max: float, max_phase: float, matmul_dtype: Any = None) -> Cell:
     def init(key, input_size, hidden_size, *, bias=False, proj_size=0, dtype=jnp.float32):
         if bias:
             raise ValueError(f"bias: the LRU has no bias parameters, got bias={bias!r}")
@@ -133,9 +135,12 @@ def _lru(r_min: float, r_max: float, max_phase: float) -> Cell:
     return Cell(
         name="LRU",
         init=init,
-        project=_project,
-        recur=_recur,
+        project=functools.partial(_project, matmul_dtype),
+        recur=functools.partial(_recur, matmul_dtype),
         zero_carry=_zero_carry,
         output_size=lambda params: params["D"].shape[0],
-        associative=Linear(coefficients=_coefficients, readout=_readout),
+        associative=Linear(
+            coefficients=_coefficients, readout=functools.partial(_readout, matmul_dtype)
+        ),
+        with_matmul_dtype=lambda dtype: _lru(r_min, r_max, max_phase, dtype),
     )

@@ -14,9 +14,10 @@ positive start and ``log g`` exists):
 
 A step's output is its ``h``. No gate reads ``h_{t-1}``, so both are linear recurrences
 ``h_t = a_t * h_{t-1} + b_t`` with ``a_t``, ``b_t`` from ``x_t`` alone; their
-:class:`jrnn.cells.Linear` form gives ``(log a_t, log b_t)`` for the log-space associative scan
-of :mod:`jrnn.methods.associative`. Every parameter is drawn from U(-1/sqrt(D), 1/sqrt(D)),
-``torch.nn.Linear``'s init, which the papers' code uses.
+:class:`jrnn.cells.Linear` form gives ``(a_t, b_t)`` and ``(log a_t, log b_t)`` (for the
+log-space parallel scan) to :mod:`jrnn.methods.associative`; the scan path's step is the same
+``a * h + b``. Every parameter is drawn from U(-1/sqrt(D), 1/sqrt(D)), ``torch.nn.Linear``'s
+init, which the papers' code uses.
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -49,11 +50,10 @@ def log_g(v: jax.Array) -> jax.Array:
     return jnp.where(v >= 0, jnp.log(jax.nn.relu(v) + 0.5), -jax.nn.softplus(-v))
 
 
-def _min_gru_recur(params, h, gx):
+def _min_gru_coefficients(params, gx):
     a_z, a_h = jnp.split(gx, 2, axis=-1)
     z = jax.nn.sigmoid(a_z)
-    h = (1.0 - z) * h + z * g(a_h)
-    return h, h
+    return 1.0 - z, z * g(a_h)
 
 
 def _min_gru_log_coefficients(params, gx):
@@ -66,11 +66,10 @@ def _log_i_over_f(a_f, a_i):
     return jax.nn.softplus(-a_f) - jax.nn.softplus(-a_i)
 
 
-def _min_lstm_recur(params, h, gx):
+def _min_lstm_coefficients(params, gx):
     a_f, a_i, a_h = jnp.split(gx, 3, axis=-1)
     ratio = _log_i_over_f(a_f, a_i)
-    h = jax.nn.sigmoid(-ratio) * h + jax.nn.sigmoid(ratio) * g(a_h)
-    return h, h
+    return jax.nn.sigmoid(-ratio), jax.nn.sigmoid(ratio) * g(a_h)
 
 
 def _min_lstm_log_coefficients(params, gx):
@@ -79,7 +78,12 @@ def _min_lstm_log_coefficients(params, gx):
     return -jax.nn.softplus(ratio), -jax.nn.softplus(-ratio) + log_g(a_h)  # log f', log(i' g)
 
 
-def _cell(name: str, gates: int, recur, log_coefficients) -> Cell:
+def _cell(name: str, gates: int, coefficients, log_coefficients, matmul_dtype=None) -> Cell:
+    def recur(params, h, gx):
+        a, b = coefficients(params, gx)
+        h = a * h + b
+        return h, h
+
     def init(key, input_size, hidden_size, *, bias=True, proj_size=0, dtype=jnp.float32):
         if proj_size:
             raise ValueError(f"proj_size: {name} has no projection, got {proj_size}")
@@ -99,15 +103,20 @@ def _cell(name: str, gates: int, recur, log_coefficients) -> Cell:
     return Cell(
         name=name,
         init=init,
-        project=lambda params, x: affine(x, params["weight_ih"], params.get("bias_ih")),
+        project=lambda params, x: affine(
+            x, params["weight_ih"], params.get("bias_ih"), matmul_dtype
+        ),
         recur=recur,
         zero_carry=lambda params, batch_shape, dtype: jnp.zeros(
             (*batch_shape, output_size(params)), dtype
         ),
         output_size=output_size,
-        associative=Linear(coefficients=log_coefficients, log=True),
+        associative=Linear(coefficients=coefficients, log_coefficients=log_coefficients),
+        with_matmul_dtype=lambda dtype: _cell(
+            name, gates, coefficients, log_coefficients, matmul_dtype=dtype
+        ),
     )
 
 
-MIN_GRU = _cell("minGRU", 2, _min_gru_recur, _min_gru_log_coefficients)
-MIN_LSTM = _cell("minLSTM", 3, _min_lstm_recur, _min_lstm_log_coefficients)
+MIN_GRU = _cell("minGRU", 2, _min_gru_coefficients, _min_gru_log_coefficients)
+MIN_LSTM = _cell("minLSTM", 3, _min_lstm_coefficients, _min_lstm_log_coefficients)

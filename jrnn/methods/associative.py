@@ -1,18 +1,20 @@
-"""The associative path: a linear cell's layer over time by ``jax.lax.associative_scan``.
+"""The associative path: a linear cell's layer over time, its coefficients for all steps at once.
 
 A cell with an associative form (``Cell.associative``, a :class:`jrnn.cells.Linear`) has a state
 that follows ``h_t = a_t * h_{t-1} + b_t`` elementwise, with ``a_t`` and ``b_t`` from the input
-alone. The pairs compose associatively, ``(a1, b1) then (a2, b2) = (a1 * a2, a2 * b1 + b2)``, so
-all ``T`` states come out of one ``jax.lax.associative_scan`` in depth ``log T`` (on CPU, the same
-compositions in two levels of ``sqrt(T)`` sequential steps each, see ``_prefix``):
+alone. So everything but that one multiply-add runs once over all ``T`` steps (the cell's
+``project``, its coefficients, its ``readout``), and the pairs compose associatively,
+``(a1, b1) then (a2, b2) = (a1 * a2, a2 * b1 + b2)``:
 
-- with linear coefficients (the LRU, complex), ``h0`` enters as ``b_0 + a_0 * h0``;
-- with log coefficients (minGRU, minLSTM: ``a, b > 0``) pairs compose in log space,
-  ``(la1 + la2, logaddexp(lb1 + la2, lb2))``, every combination exact to rounding for any
-  ``T``, and ``h0`` (of any sign) enters afterwards: ``h_t = exp(la_1 + ... + la_t) * h0 +
-  exp(lb_{1..t})``;
-- the cell's ``project`` and its coefficients run once over all steps; its ``readout`` (if any)
-  once over all states;
+- on an accelerator, all ``T`` states come out of one ``jax.lax.associative_scan`` in depth
+  ``log T``; with ``log_coefficients`` (minGRU, minLSTM: ``a, b > 0``) the pairs compose in log
+  space, ``(la1 + la2, logaddexp(lb1 + la2, lb2))``, exact to rounding for any ``T``, and ``h0``
+  (of any sign) enters afterwards: ``h_t = exp(la_1 + ... + la_t) * h0 + exp(lb_{1..t})``;
+  otherwise (the LRU, complex) in linear space with ``h0`` entering as ``b_0 + a_0 * h0``;
+- on CPU, the compositions run in order, one multiply-add per step (``_states``): a few cores
+  gain nothing from the depth, and every parallel form measured there made more passes over the
+  `(T, B, N)` arrays than the multiply-add loop costs (see ``MIN_STEPS``). Composing in
+  order in linear space is as stable as the scan path (the same products and sums);
 - the directions of a layer are stacked on one axis and scanned together; a reverse direction
   reads its input reversed in time within each length (one gather for the whole array, see
   :func:`jrnn.methods.common.reverse_time`), its outputs reversed back the same way;
@@ -41,8 +43,6 @@ Example:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -53,12 +53,16 @@ from jrnn.methods.common import chunked, reverse_time, steps_of, valid_mask
 from jrnn.methods.options import Options
 
 # The shortest sequence for which method="auto" takes this path, by backend; None: never. On
-# XLA:CPU (2 cores, AMD EPYC, jax 0.10.2; python -m benchmarks.parallel) the two-level form of
-# _prefix still loses to the scan path or ties: at T = 128, 1,000 and 10,000 (B x H 32 x 128,
-# 16 x 128, 8 x 64) minGRU forward 1.6-2.1x and train step 1.5-2.7x slower, minLSTM 1.2-1.3x
-# forward, LRU within 0.93-1.06x. (With jax.lax.associative_scan, minGRU's and minLSTM's forward
-# pass was 2.1-3.9x slower still; the LRU's about the same.)
-MIN_STEPS: dict[str, int | None] = {"cpu": None}
+# XLA:CPU (2 cores, AMD EPYC, jax 0.10.2; python -m benchmarks.parallel, T = 128, 1,000 and
+# 10,000 at B x H 32 x 128, 16 x 128, 8 x 64 and 1 x 64), composed in order, the scan path's time
+# over this path's: train step 1.24-5.4 (minGRU), 0.96-3.3 (minLSTM), 1.0-1.5 (LRU); forward pass
+# 0.73-0.83 (minGRU, whose scan step fuses into one pass), 0.82-1.78 (minLSTM), 0.88-1.64 (LRU).
+# Training decides: every length.
+MIN_STEPS: dict[str, int | None] = {"cpu": 1}
+
+# The backends on which the pairs compose in order, one multiply-add per step, rather than by
+# jax.lax.associative_scan (see the top; measured in python -m benchmarks.parallel).
+SEQUENTIAL: frozenset[str] = frozenset({"cpu"})
 
 
 def preferred(xs: Any) -> bool:
@@ -115,17 +119,18 @@ def layer(
     mask = None if lengths is None else valid_mask(lengths, steps_of(xs))
     inputs = [reverse_time(xs, lengths) if flag else xs for flag in reverse]
 
+    log = form.log_coefficients is not None and _parallel()
+    coefficients = form.log_coefficients if log else form.coefficients
+
     def forward(inputs, h0, mask):
         gxs = [cell.project(p, x) for p, x in zip(params, inputs, strict=True)]
-        pairs = [form.coefficients(p, gx) for p, gx in zip(params, gxs, strict=True)]
+        pairs = [coefficients(p, gx) for p, gx in zip(params, gxs, strict=True)]
         a, b = (jnp.stack(c, axis=1) for c in zip(*pairs, strict=True))  # (T, k, B, N)
         if mask is not None:
             keep = jnp.broadcast_to(mask[:, None, :, None], a.shape)
-            a = jnp.where(keep, a, jnp.zeros_like(a) if form.log else jnp.ones_like(a))
-            b = jnp.where(
-                keep, b, jnp.full_like(b, _log_zero(b)) if form.log else jnp.zeros_like(b)
-            )
-        hs = _log_states(a, b, h0) if form.log else _states(a, b, h0)
+            a = jnp.where(keep, a, jnp.zeros_like(a) if log else jnp.ones_like(a))
+            b = jnp.where(keep, b, jnp.full_like(b, _log_zero(b)) if log else jnp.zeros_like(b))
+        hs = _log_states(a, b, h0) if log else _states(a, b, h0)
         ys = jnp.stack(
             [
                 hs[:, d] if form.readout is None else form.readout(p, hs[:, d], gx)
@@ -148,30 +153,39 @@ def layer(
     return (outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)), h_n
 
 
+def _parallel() -> bool:
+    """Whether the states come from ``jax.lax.associative_scan`` on the default backend."""
+    return jax.default_backend() not in SEQUENTIAL
+
+
 def _states(a: jax.Array, b: jax.Array, h0: jax.Array) -> jax.Array:
     """`(T, ...)` states of ``h_t = a_t * h_{t-1} + b_t`` from ``h0 (...)``."""
-    b = b.at[0].add(a[0] * h0)
+    if not _parallel():
+
+        def step(h, ab):
+            h = ab[0] * h + ab[1]
+            return h, h
+
+        return jax.lax.scan(step, h0, (a, b))[1]
 
     def compose(earlier, later):
         a1, b1 = earlier
         a2, b2 = later
         return a1 * a2, a2 * b1 + b2
 
-    identity = (jnp.ones_like(a[0]), jnp.zeros_like(b[0]))
-    return _prefix(compose, (a, b), identity)[1]
+    return jax.lax.associative_scan(compose, (a, b.at[0].add(a[0] * h0)))[1]
 
 
 def _log_states(log_a: jax.Array, log_b: jax.Array, h0: jax.Array) -> jax.Array:
     """`(T, ...)` states of ``h_t = a_t * h_{t-1} + b_t`` from ``h0 (...)``, given ``log a`` and
-    ``log b``."""
+    ``log b``, by ``jax.lax.associative_scan`` in log space."""
 
     def compose(earlier, later):
         la1, lb1 = earlier
         la2, lb2 = later
         return la1 + la2, jnp.logaddexp(lb1 + la2, lb2)
 
-    identity = (jnp.zeros_like(log_a[0]), jnp.full_like(log_b[0], _log_zero(log_b)))
-    log_decay, log_h = _prefix(compose, (log_a, log_b), identity)
+    log_decay, log_h = jax.lax.associative_scan(compose, (log_a, log_b))
     return jnp.exp(log_decay) * h0[None] + jnp.exp(log_h)
 
 
@@ -181,43 +195,3 @@ def _log_zero(like: jax.Array) -> float:
     ``logaddexp(x, it)`` exactly ``x`` for any ``x`` in range, as with ``-inf``, but its
     derivatives are finite: ``logaddexp(-inf, -inf)`` has a NaN forward-mode derivative."""
     return float(jnp.finfo(like.dtype).min) / 2
-
-
-def _prefix(compose: Callable, elems: tuple[jax.Array, ...], identity: tuple) -> tuple:
-    """The inclusive prefix compositions of ``elems`` (each `(T, ...)`) along time.
-
-    On an accelerator, ``jax.lax.associative_scan`` (depth ``log T``). On CPU, where a few cores
-    gain nothing from that depth and its ``log T`` strided passes over the whole array cost more
-    than the sequential scan, the same compositions in two levels of ``C = ceil(sqrt(T))``:
-    a sequential scan over the ``C`` steps of every chunk at once, one over the ``T / C`` chunk
-    totals, and one elementwise composition of each step with the total of the chunks before it.
-    That is ``2 sqrt(T)`` loop steps of ``sqrt(T)``-wide vector work instead of ``T`` steps.
-    ``identity`` pads ``T`` to a multiple of ``C`` at the end; those steps are dropped.
-    """
-    if jax.default_backend() != "cpu":
-        return jax.lax.associative_scan(compose, elems)
-    steps = elems[0].shape[0]
-    width = max(1, math.isqrt(steps - 1) + 1)  # ceil(sqrt(T))
-    chunks = -(-steps // width)
-    pad = chunks * width - steps
-
-    def split(x, e):  # (T, ...) -> (C, T / C, ...), identity-padded at the end
-        x = jnp.concatenate([x, jnp.broadcast_to(e, (pad, *e.shape))]) if pad else x
-        return jnp.swapaxes(x.reshape(chunks, width, *x.shape[1:]), 0, 1)
-
-    def scan(xs):  # inclusive prefixes along the leading axis, from its first element
-        def step(carry, x):
-            carry = compose(carry, x)
-            return carry, carry
-
-        first = tuple(x[0] for x in xs)
-        rest = jax.lax.scan(step, first, tuple(x[1:] for x in xs))[1]
-        return tuple(jnp.concatenate([f[None], r]) for f, r in zip(first, rest, strict=True))
-
-    within = scan(tuple(split(x, e) for x, e in zip(elems, identity, strict=True)))
-    totals = scan(tuple(w[-1] for w in within))  # (T / C, ...): through the end of each chunk
-    later = compose(  # the chunks after the first, each step after the chunks before its own
-        tuple(t[None, :-1] for t in totals), tuple(w[:, 1:] for w in within)
-    )
-    full = (jnp.concatenate([w[:, :1], c], axis=1) for w, c in zip(within, later, strict=True))
-    return tuple(jnp.swapaxes(f, 0, 1).reshape(chunks * width, *f.shape[2:])[:steps] for f in full)
