@@ -69,7 +69,7 @@ def spec_of(config: Config) -> jrnn.nn.Spec:
     )
 
 
-def remat_option(spec: jrnn.nn.Spec, steps: int) -> dict[str, Any]:
+def remat_option(steps: int) -> dict[str, Any]:
     """The keywords that turn on rematerialisation in ``spec.apply``: chunks of ``sqrt(T)`` steps
     (``jrnn.Options.remat``)."""
     return {"remat": max(1, round(math.sqrt(steps)))}

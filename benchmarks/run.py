@@ -130,7 +130,7 @@ def build_models(
     if "jrnn" in frameworks:
         builders["jrnn"] = lambda: models.jrnn_model(spec, params, jnp.asarray(x))
         if config.remat:
-            options = models.remat_option(spec, config.steps)
+            options = models.remat_option(config.steps)
             builders["jrnn-remat"] = lambda: models.jrnn_model(
                 spec, params, jnp.asarray(x), options
             )

@@ -56,6 +56,18 @@ LEAKY = cells.Cell(
     output_size=lambda params: params["weight_ih"].shape[0],
 )
 
+# LEAKY with the associative form a user adds: a = sigmoid(decay_logit), b = (1 - a) tanh(gx)
+
+
+def _leaky_coefficients(params, gx):
+    a = jnp.broadcast_to(jax.nn.sigmoid(params["decay_logit"]), gx.shape)
+    return a, (1.0 - a) * jnp.tanh(gx)
+
+
+LEAKY_LINEAR = LEAKY._replace(
+    name="LEAKY-LINEAR", associative=cells.Linear(coefficients=_leaky_coefficients)
+)
+
 # A user's cell that happens to be named like a built-in: an LSTM with a softsign candidate.
 
 
@@ -111,6 +123,37 @@ def test_user_cell_with_default_options_equals_its_python_loop(cell):
         close, jax.jit(spec.apply)(params, x, lengths=lengths), loop_stack(cell, params, x, lengths)
     )
     jax.tree.map(close, jax.grad(default, (0, 1))(params, x), jax.grad(oracle, (0, 1))(params, x))
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["in-order", "parallel"])
+def test_user_linear_cell_runs_the_associative_path_and_equals_its_python_loop(
+    parallel, monkeypatch
+):
+    # both forms of the associative path: composed in order (CPU) and by associative_scan
+    sequential = frozenset() if parallel else frozenset({jax.default_backend()})
+    monkeypatch.setattr(methods.associative, "SEQUENTIAL", sequential)
+    spec = jrnn.Recurrent(LEAKY_LINEAR, 3, 5, num_layers=2, bidirectional=True)
+    params = spec.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (3, 6, 3))
+    lengths = jnp.array([6, 4, 1])
+    assert methods.resolve(LEAKY_LINEAR, params[0], jnp.swapaxes(x, 0, 1), methods.Options()) == (
+        "associative"
+    )
+
+    def associative(params, x):
+        return _loss(*spec.apply(params, x, lengths=lengths, method="associative"))
+
+    def oracle(params, x):
+        return _loss(*loop_stack(LEAKY_LINEAR, params, x, lengths))
+
+    jax.tree.map(
+        close,
+        jax.jit(functools.partial(spec.apply, method="associative"))(params, x, lengths=lengths),
+        loop_stack(LEAKY_LINEAR, params, x, lengths),
+    )
+    jax.tree.map(
+        close, jax.grad(associative, (0, 1))(params, x), jax.grad(oracle, (0, 1))(params, x)
+    )
 
 
 def test_user_cell_named_like_a_builtin_never_runs_the_builtin_kernel():

@@ -119,7 +119,8 @@ def layer(
     mask = None if lengths is None else valid_mask(lengths, steps_of(xs))
     inputs = [reverse_time(xs, lengths) if flag else xs for flag in reverse]
 
-    log = form.log_coefficients is not None and _parallel()
+    parallel = jax.default_backend() not in SEQUENTIAL
+    log = parallel and form.log_coefficients is not None
     coefficients = form.log_coefficients if log else form.coefficients
 
     def forward(inputs, h0, mask):
@@ -130,7 +131,7 @@ def layer(
             keep = jnp.broadcast_to(mask[:, None, :, None], a.shape)
             a = jnp.where(keep, a, jnp.zeros_like(a) if log else jnp.ones_like(a))
             b = jnp.where(keep, b, jnp.full_like(b, _log_zero(b)) if log else jnp.zeros_like(b))
-        hs = _log_states(a, b, h0) if log else _states(a, b, h0)
+        hs = _log_states(a, b, h0) if log else _states(a, b, h0, parallel)
         ys = jnp.stack(
             [
                 hs[:, d] if form.readout is None else form.readout(p, hs[:, d], gx)
@@ -153,14 +154,10 @@ def layer(
     return (outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)), h_n
 
 
-def _parallel() -> bool:
-    """Whether the states come from ``jax.lax.associative_scan`` on the default backend."""
-    return jax.default_backend() not in SEQUENTIAL
-
-
-def _states(a: jax.Array, b: jax.Array, h0: jax.Array) -> jax.Array:
-    """`(T, ...)` states of ``h_t = a_t * h_{t-1} + b_t`` from ``h0 (...)``."""
-    if not _parallel():
+def _states(a: jax.Array, b: jax.Array, h0: jax.Array, parallel: bool) -> jax.Array:
+    """`(T, ...)` states of ``h_t = a_t * h_{t-1} + b_t`` from ``h0 (...)``: by
+    ``jax.lax.associative_scan`` if ``parallel``, else in order, one multiply-add per step."""
+    if not parallel:
 
         def step(h, ab):
             h = ab[0] * h + ab[1]
