@@ -6,10 +6,12 @@ pieces of one batch-first forward pass on the compiled path (:mod:`jrnn.methods.
 
 - ``spec.apply``: the whole pass as a user calls it (batch-first input and output);
 - ``time-major``: the same on `(T, B, D)` input, without the two transposes;
-- ``projection``: the input projection alone, ``x @ W_ih^T + b_ih`` into `(T, B, 4H)` (XLA);
-- ``recurrence``: the FFI call alone, on a precomputed projection (the loop over time);
-- ``matmul peak``: a jitted float32 matmul of the same FLOPs as the recurrence's, as one
-  `(T*B, H) @ (H, 4H)`: what the cores do on a matmul without the time dependence.
+- ``FFI call``: the compiled call alone on time-major input, input projection and loop over
+  time, as a forward pass runs it (no gate activations kept);
+- ``+ gates kept``: the same call as the forward half of a train step runs it, writing the
+  gate activations `(T, B, G*H)` for the backward pass;
+- ``matmul peak``: a jitted float32 matmul of the same FLOPs as the call's matmuls, as one
+  `(T*B, H + D) @ (H + D, G*H)`: what the cores do without the time dependence.
 
 No environment variables are set: run it as a plain script.
 """
@@ -47,24 +49,28 @@ def pieces(name: str) -> dict[str, object]:
     gh = w_hh.shape[1]
     zeros = jnp.zeros((b, h))
     keep = jnp.ones((t, b), jnp.uint8)
-    gx = compiled._project(xt, w_ih, b_ih)
     apply = jax.jit(lambda p, x: spec.apply(p, x)[0])
     time_major = dataclasses.replace(spec, batch_first=False)
     apply_t = jax.jit(lambda p, x: time_major.apply(p, x)[0])
-    project = jax.jit(compiled._project)
-    recur = jax.jit(
-        lambda gx: compiled._call_forward(code, 0, gx, w_hh, b_hh, zeros, zeros, keep)[0]
-    )
-    a = jax.random.normal(jax.random.key(2), (t * b, h))
-    w = jax.random.normal(jax.random.key(3), (h, gh))
+
+    def recurrence(save):
+        return jax.jit(
+            lambda xt: compiled._call_forward(
+                code, 0, save, xt, w_ih, b_ih, w_hh, b_hh, zeros, zeros, keep
+            )[0]
+        )
+
+    forward, saving = recurrence(False), recurrence(True)
+    a = jax.random.normal(jax.random.key(2), (t * b, h + d))
+    w = jax.random.normal(jax.random.key(3), (h + d, gh))
     peak = jax.jit(lambda a, w: a @ w)
     return {
         "spec.apply": lambda: apply(params, x).block_until_ready(),
         "time-major": lambda: apply_t(params, xt).block_until_ready(),
-        "projection": lambda: project(xt, w_ih, b_ih).block_until_ready(),
-        "recurrence": lambda: recur(gx).block_until_ready(),
+        "FFI call": lambda: forward(xt).block_until_ready(),
+        "+ gates kept": lambda: saving(xt).block_until_ready(),
         "matmul peak": lambda: peak(a, w).block_until_ready(),
-    }, 2.0 * t * b * gh * h
+    }, 2.0 * t * b * gh * (h + d)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--calls", type=int, default=15)
     args = parser.parse_args(argv)
-    calls, recurrent_flops = pieces(args.config)
+    calls, flops = pieces(args.config)
     times = round_robin(calls, args.reps * args.calls, warmup=2)  # ms
     print(
         f"{CONFIGS[args.config].describe()}; ISA {compiled.isa()}, "
@@ -83,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     for key, values in times.items():
         med = statistics.median(values)
         extra = ""
-        if key in ("recurrence", "matmul peak"):
-            extra = f", recurrent matmul at {recurrent_flops / med / 1e6:.0f} GFLOP/s"
+        if key in ("FFI call", "+ gates kept", "matmul peak"):
+            extra = f", matmuls at {flops / med / 1e6:.0f} GFLOP/s"
         print(f"{key:12s} {med:7.2f} ms  ({med / total:5.1%} of spec.apply{extra})")
 
 

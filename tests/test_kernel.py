@@ -164,7 +164,7 @@ def test_layer_rejects_inconsistent_arguments():
     def call(name, xs=xs, w_ih=w_ih, reverse=(False,)):
         return kernel.call(name, xs, w_ih, None, w_hh, None, h0, h0, None, reverse)
 
-    with pytest.raises(Exception, match=r"expected w \(k, G\*H, H\) and gx"):  # GRU has 3 gates
+    with pytest.raises(Exception, match=r"expected w_hh \(k, G\*H, H\) with G = 3, got \(1, 32, 8\)"):  # GRU has 3 gates
         call("GRU")
     with pytest.raises(ValueError, match=r"weight_ih: expected \(1, 32, 6\) .*, got \(1, 32, 5\)"):
         call("LSTM", xs=jnp.zeros((4, 2, 6)))

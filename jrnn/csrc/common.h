@@ -99,12 +99,29 @@ class Team {
 
   int threads() const { return threads_; }
 
+  // Runs body(worker) on every worker, each on a core of its own: the calling thread stays on
+  // the core it is on and each helper is pinned to another of the cores it may use, for the
+  // call only (the caller's own set is restored at the end). Left to the scheduler, a new
+  // thread starts on its parent's core and is moved only milliseconds later; two threads that
+  // meet at a spinning barrier every few microseconds then share one core: an RNN-256 forward
+  // pass (B = 32, T = 128) took 13-25 ms so against 3.5 ms pinned.
   template <typename Body>
   void Run(Body body) {
+    const std::vector<int> cores = Cores();
+    cpu_set_t own;
+    const bool pin = static_cast<int>(cores.size()) >= threads_ && threads_ > 1 &&
+                     sched_getaffinity(0, sizeof own, &own) == 0;
+    if (pin) PinTo(cores[0]);
     std::vector<std::thread> pool;
-    for (int i = 1; i < threads_; ++i) pool.emplace_back(body, i);
+    for (int i = 1; i < threads_; ++i) {
+      pool.emplace_back([&, i] {
+        if (pin) PinTo(cores[i]);
+        body(i);
+      });
+    }
     body(0);
     for (auto& t : pool) t.join();
+    if (pin) sched_setaffinity(0, sizeof own, &own);
   }
 
   void Sync() { barrier_.Wait(); }
@@ -126,6 +143,26 @@ class Team {
   }
 
  private:
+  // The cores this thread may run on, the one it is on first.
+  static std::vector<int> Cores() {
+    cpu_set_t set;
+    std::vector<int> cores;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return cores;
+    const int here = sched_getcpu();
+    if (here >= 0 && CPU_ISSET(here, &set)) cores.push_back(here);
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (CPU_ISSET(c, &set) && c != here) cores.push_back(c);
+    }
+    return cores;
+  }
+
+  static void PinTo(int core) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(core, &one);
+    sched_setaffinity(0, sizeof one, &one);
+  }
+
   struct alignas(64) Cursor {
     std::atomic<int64_t> next{0};
   };

@@ -112,15 +112,16 @@ void Tile(int m, const float* a, int64_t lda, const float* b, int64_t k, float* 
   TileKernel<M, kAccumulate>(a, lda, b, k, out);
 }
 
-inline void Matmul(int64_t m, const float* a, int64_t lda, const float* b, int64_t k,
-                   float* out) {
+// out = a @ b, or out += a @ b with kAccumulate.
+template <bool kAccumulate>
+void Matmul(int64_t m, const float* a, int64_t lda, const float* b, int64_t k, float* out) {
   constexpr int64_t kBlock = 256;
   for (int64_t k0 = 0; k0 < k; k0 += kBlock) {
     const int64_t kb = std::min(kBlock, k - k0);
     for (int64_t r0 = 0; r0 < m; r0 += kTileRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - r0));
       const float *ar = a + r0 * lda + k0, *bk = b + k0 * kPanel;
-      if (k0 == 0) {
+      if (k0 == 0 && !kAccumulate) {
         Tile<false>(rows, ar, lda, bk, kb, out + r0 * kPanel);
       } else {
         Tile<true>(rows, ar, lda, bk, kb, out + r0 * kPanel);
@@ -133,16 +134,18 @@ inline void Matmul(int64_t m, const float* a, int64_t lda, const float* b, int64
 // Forward.
 
 struct ForwardSteps : Forward {
-  // Asks for the unit's lines of step s + 1 to be brought into L2 for writing: gx (which act
-  // overwrites), hs and aux. The gate math touches them right after the matmul, and their
-  // short, row-strided runs escape the hardware prefetcher.
+  // Asks for the unit's lines of step s + 1 to be brought into L2 for writing: hs, aux and act.
+  // The gate math touches them right after the matmul, and their short, row-strided runs
+  // escape the hardware prefetcher.
   void Prefetch(int64_t s, const Unit& u) const {
     const int64_t h = d.hidden, gh = d.gh(), time = d.Time(s + 1, u.it.dir);
     for (int64_t seq = u.b0; seq < u.b0 + u.m; ++seq) {
       const int64_t at = time * d.rows + d.Row(seq, u.it.dir);
       for (int64_t c = 0; c < u.it.nu; c += kLine) {
-        for (int64_t g = 0; g < d.gates; ++g) {
-          __builtin_prefetch(gx + at * gh + g * h + u.it.u0 + c, 1, 2);
+        if (act != nullptr) {
+          for (int64_t g = 0; g < d.gates; ++g) {
+            __builtin_prefetch(act + at * gh + g * h + u.it.u0 + c, 1, 2);
+          }
         }
         __builtin_prefetch(hs + at * h + u.it.u0 + c, 1, 2);
         if (d.gates > 1) __builtin_prefetch(aux + at * h + u.it.u0 + c, 1, 2);
@@ -150,17 +153,26 @@ struct ForwardSteps : Forward {
     }
   }
 
-  // Step s of one unit: the matmul of its item's gate columns for its rows, then the gate
-  // math. packed: the item's weights; tiles: (gates, kUnitRows, 32).
+  // Step s of one unit: the matmuls of its item's gate columns for its rows, h_prev @ W_hh^T
+  // and x_t @ W_ih^T into one tile per gate (GRU's n gate: two tiles, its halves apart), then
+  // the gate math. packed: the item's weights (PackForward); tiles: (Tiles(d), kUnitRows, 32).
   void Step(int64_t s, const Unit& u, const float* packed, float* tiles) const {
-    const int64_t h = d.hidden, j = u.it.dir;
+    const int64_t h = d.hidden, in = d.input, j = u.it.dir, stride = kUnitRows * kPanel;
     // h_prev of the unit's sequences: rows of h0 (stride H) or of hs (stride k*H)
     const float* hprev = s == 0 ? h0 + d.CarryRow(u.b0, j) * h
                                 : hs + (d.Time(s - 1, j) * d.rows + d.Row(u.b0, j)) * h;
     const int64_t lda = s == 0 ? h : d.dirs * h;
+    const float* x = xs + (d.Time(s, j) * d.batch + u.b0) * in;
     if (s + 1 < d.steps) Prefetch(s, u);
     for (int64_t g = 0; g < d.gates; ++g) {
-      Matmul(u.m, hprev, lda, packed + g * h * kPanel, h, tiles + g * kUnitRows * kPanel);
+      const float* panel = packed + g * (h + in) * kPanel;
+      float* tile = tiles + g * stride;
+      Matmul<false>(u.m, hprev, lda, panel, h, tile);
+      if (d.cell == kGru && g == 2) {
+        Matmul<false>(u.m, x, in, panel + h * kPanel, in, tiles + 3 * stride);
+      } else {
+        Matmul<true>(u.m, x, in, panel + h * kPanel, in, tile);
+      }
     }
     for (int i = 0; i < u.m; ++i) Pointwise(s, u.it, u.b0 + i, tiles + i * kPanel);
   }
@@ -171,46 +183,52 @@ struct ForwardSteps : Forward {
     const int64_t at = time * d.rows + d.Row(seq, it.dir), stride = kUnitRows * kPanel;
     const bool keep = mask[time * d.batch + seq] != 0, lstm = d.cell == kLstm;
     Lanes lanes(it.nu);
-    // Every input is read before any output is written, lane by lane: the outputs may
-    // overwrite gx (act, or hs for RNN).
-    const float *x[4], *bias[4], *cp = nullptr;
+    const float *bias_i[4], *bias_h[4], *cp = nullptr;
     float *aux_out = nullptr, *a_out[4] = {};
     for (int64_t g = 0; g < d.gates; ++g) {
-      x[g] = lanes.In(gx + at * gh + g * h + it.u0);
-      bias[g] = lanes.In(b + it.dir * gh + g * h + it.u0);
+      bias_i[g] = lanes.In(b_ih + it.dir * gh + g * h + it.u0);
+      bias_h[g] = lanes.In(b_hh + it.dir * gh + g * h + it.u0);
     }
     const float* hp = lanes.In(Carry(d, h0, hs, s, seq, it));
     if (lstm) cp = lanes.In(Carry(d, c0, aux, s, seq, it));
     float* h_out = lanes.Out(hs + at * h + it.u0);
-    if (d.gates > 1) {
-      aux_out = lanes.Out(aux + at * h + it.u0);
+    if (d.gates > 1) aux_out = lanes.Out(aux + at * h + it.u0);
+    if (act != nullptr) {
       for (int64_t g = 0; g < d.gates; ++g) a_out[g] = lanes.Out(act + at * gh + g * h + it.u0);
     }
     for (int v = 0; v < kPanel; v += kLanes) {
-      auto rec = [&](int g) { return Load(tile + g * stride + v) + Load(bias[g] + v); };
+      // gate g before its activation: both matmuls and both biases
+      auto pre = [&](int g) {
+        return Load(tile + g * stride + v) + (Load(bias_i[g] + v) + Load(bias_h[g] + v));
+      };
       const vf hv = Load(hp + v);
       vf y;
       if (lstm) {
-        const vf ig = Sigmoid(rec(0) + Load(x[0] + v)), fg = Sigmoid(rec(1) + Load(x[1] + v));
-        const vf gg = Tanh(rec(2) + Load(x[2] + v)), og = Sigmoid(rec(3) + Load(x[3] + v));
+        const vf ig = Sigmoid(pre(0)), fg = Sigmoid(pre(1));
+        const vf gg = Tanh(pre(2)), og = Sigmoid(pre(3));
         const vf c = fg * Load(cp + v) + ig * gg;
         y = og * Tanh(c);
-        Store(a_out[0] + v, ig);
-        Store(a_out[1] + v, fg);
-        Store(a_out[2] + v, gg);
-        Store(a_out[3] + v, og);
+        if (act != nullptr) {
+          Store(a_out[0] + v, ig);
+          Store(a_out[1] + v, fg);
+          Store(a_out[2] + v, gg);
+          Store(a_out[3] + v, og);
+        }
         Store(aux_out + v, keep ? c : Load(cp + v));
       } else if (d.cell == kGru) {
-        const vf rg = Sigmoid(rec(0) + Load(x[0] + v)), zg = Sigmoid(rec(1) + Load(x[1] + v));
-        const vf hhn = rec(2), ng = Tanh(Load(x[2] + v) + rg * hhn);
+        const vf rg = Sigmoid(pre(0)), zg = Sigmoid(pre(1));
+        const vf hhn = Load(tile + 2 * stride + v) + Load(bias_h[2] + v);
+        const vf xn = Load(tile + 3 * stride + v) + Load(bias_i[2] + v);
+        const vf ng = Tanh(xn + rg * hhn);
         y = ng + zg * (hv - ng);
-        Store(a_out[0] + v, rg);
-        Store(a_out[1] + v, zg);
-        Store(a_out[2] + v, ng);
+        if (act != nullptr) {
+          Store(a_out[0] + v, rg);
+          Store(a_out[1] + v, zg);
+          Store(a_out[2] + v, ng);
+        }
         Store(aux_out + v, hhn);
       } else {
-        const vf p = rec(0) + Load(x[0] + v);
-        y = d.cell == kRnnTanh ? Tanh(p) : Max(p, vf{});
+        y = d.cell == kRnnTanh ? Tanh(pre(0)) : Max(pre(0), vf{});
       }
       Store(h_out + v, keep ? y : hv);
     }
@@ -218,20 +236,21 @@ struct ForwardSteps : Forward {
   }
 };
 
-// The forward loop over time: packs weight_hh, then runs the steps on a team of threads.
+// The forward loop over time: packs weight_hh and weight_ih, then runs the steps on a team of threads.
 void RunForward(const Forward& forward) {
   const ForwardSteps f{forward};
   const Dims& d = f.d;
-  const int64_t items = d.dirs * d.panels(), per_item = d.gates * d.hidden * kPanel;
+  const int64_t items = d.dirs * d.panels();
+  const int64_t per_item = d.gates * (d.hidden + d.input) * kPanel, per_team = Tiles(d) * kUnitRows * kPanel;
   Team team(Units(d), Cores(d));
   Floats packed = Allocate(items * per_item);
-  Floats tiles = Allocate(team.threads() * d.gates * kUnitRows * kPanel);
+  Floats tiles = Allocate(team.threads() * per_team);
   team.Run([&](int me) {
     for (int64_t i = me; i < items; i += team.threads()) {
-      PackForward(d, f.w, ItemAt(d, i), packed.get() + i * per_item);
+      PackForward(d, f.w_hh, f.w_ih, ItemAt(d, i), packed.get() + i * per_item);
     }
     team.Sync();
-    float* tile = tiles.get() + me * d.gates * kUnitRows * kPanel;
+    float* tile = tiles.get() + me * per_team;
     for (int64_t s = 0; s < d.steps; ++s) {
       team.ForEach(me, s, [&](int64_t index) {
         const Unit u = UnitAt(d, index);
@@ -338,7 +357,7 @@ struct BackwardSteps : Backward {
     const bool gru = d.cell == kGru;
     const float* a = gru ? dgh[s & 1] + d.CarryRow(u.b0, j) * gh
                          : dgx + (d.Time(s, j) * d.rows + d.Row(u.b0, j)) * gh;
-    Matmul(u.m, a, gru ? gh : d.dirs * gh, packed, gh, tile);
+    Matmul<false>(u.m, a, gru ? gh : d.dirs * gh, packed, gh, tile);
     for (int i = 0; i < u.m; ++i) {
       float* dst = dh + d.CarryRow(u.b0 + i, j) * h + u.it.u0;
       const float* src = tile + i * kPanel;

@@ -1,37 +1,39 @@
 // The recurrent loop of one RNN / LSTM / GRU layer as two XLA FFI calls (CPU, float32).
 //
-// `jrnn.methods.compiled` is the Python side: it projects the inputs with XLA (one large
-// matmul), calls `jrnn_recurrence_fwd` for the loop over time, and in the backward pass calls
-// `jrnn_recurrence_bwd` for the loop back, then forms the weight gradients with XLA (one large
-// matmul each). The math is `jrnn.cells`'s, in PyTorch's layout; `jrnn.methods.scan` is the
+// `jrnn.methods.compiled` is the Python side: it calls `jrnn_recurrence_fwd` for the loop over
+// time, input projection included, and in the backward pass calls `jrnn_recurrence_bwd` for
+// the loop back, then forms the input's and the weights' gradients with XLA (one large matmul
+// each). The math is `jrnn.cells`'s, in PyTorch's layout; `jrnn.methods.scan` is the
 // pure-JAX path these calls are tested against.
 //
 // Shapes (float32 unless noted): T steps, B batch, k directions, R = B * k rows, H hidden units,
 // G gates (1 RNN, 4 LSTM i f g o, 3 GRU r z n). Arrays over time are (T, B, k, ...) seen as
 // (T, R, ...): a row is (batch b, direction j), row b * k + j, and time is real time, also for
 // a direction that runs backwards (bit j of the attribute `reverse` set: it goes from t = T - 1
-// down to 0). So the input projection of all directions is one matmul before the call, and hs
-// is the layer's output as it is: no flips, no concatenations.
-//   forward  in:  gx (T, R, G*H)   input half x @ weight_ih.T + bias_ih, per step
-//                 w (k, G*H, H)    weight_hh per direction
-//                 b (k, G*H)       bias_hh per direction (zeros without bias)
+// down to 0). So hs is the layer's output as it is: no flips, no concatenations.
+//   forward  in:  xs (T, B, D)     the layer's input
+//                 w_ih (k, G*H, D), b_ih (k, G*H)  weight_ih, bias_ih per direction
+//                 w_hh (k, G*H, H), b_hh (k, G*H)  weight_hh, bias_hh (zero biases without bias)
 //                 h0, c0 (k*B, H)  initial carry, direction-major (c0 unused but for LSTM)
 //                 mask (T, B) u8   1 where a sequence's step is valid; else the carry is kept
+//           attr: save             1: write act for a backward pass; 0: act is (1,)
 //           out:  hs (T, R, H)     the carry h after every step
 //                 aux (T, R, H)    LSTM: the carry c; GRU: n's recurrent half; RNN: (1,)
-//                 act (T, R, G*H)  LSTM, GRU: the gates after their activations; RNN: (1,)
-//   backward in:  the forward's inputs but gx and its outputs; dhs, and dcs (aux's shape): the
+//                 act (T, R, G*H)  LSTM, GRU with save: the gates after their activations;
+//                                  else (1,)
+//   backward in:  w_hh, h0, c0, mask, the forward's outputs; dhs, and dcs (aux's shape): the
 //                 cotangents of hs and aux (dcs read for LSTM only)
 //           out:  dgx (T, R, G*H)  cotangent of gx
 //                 drec (T, R, H)   GRU: cotangent of n's recurrent half; else (1,)
 //                 dh0, dc0 (k*B, H) cotangents of h0 and c0 (dc0 zero but for LSTM)
-// The caller lets act (RNN: hs) overwrite gx, dgx act (RNN: dhs) and drec aux: each of those
-// inputs is read, lane by lane, before the output that takes its place is written, and none is
-// needed afterwards. That spares a 16 MB buffer and its cache misses per LSTM layer and call.
+// The caller lets dgx overwrite act (RNN: dhs) and drec aux: each of those inputs is read, lane
+// by lane, before the output that takes its place is written, and none is needed afterwards.
+// That spares a 16 MB buffer and its cache misses per LSTM layer and call.
 //
 // Work split: a work item is (direction, panel of 32 hidden units); a unit of work is an item's
 // block of up to 16 sequences of the batch. Its thread computes the unit's gate columns of the
-// recurrent matmul (a register-tiled kernel over weights packed once per call) and the
+// recurrent matmul and, in the forward pass, of the input projection (a register-tiled kernel
+// over weights packed once per call; no (T, R, G*H) array of projected inputs) and the
 // elementwise gate math of those units, so each step needs a single barrier: all of h (forward)
 // or of the gate cotangents (backward) must be written before any thread starts the next step's
 // matmul.
@@ -59,6 +61,7 @@ int Gates(int32_t cell) { return cell == kLstm ? 4 : cell == kGru ? 3 : 1; }
 struct Dims {
   int32_t cell, reverse;  // reverse: bit j set when direction j runs from the last step back
   int64_t steps, rows, dirs, batch, hidden, gates;
+  int64_t input;  // D, the forward's input size (0 in the backward pass, which has no input)
   int64_t panels() const { return (hidden + kPanel - 1) / kPanel; }
   int64_t gh() const { return gates * hidden; }
   // The time that direction j is at in its step s.
@@ -75,7 +78,7 @@ struct Dims {
 // call) ran 3.4x slower on two threads than on one.
 int64_t Cores(const Dims& d) {
   constexpr double kMinCallFlops = 4e8;
-  const double flops = 2.0 * d.steps * d.rows * d.gh() * d.hidden;
+  const double flops = 2.0 * d.steps * d.rows * d.gh() * (d.hidden + d.input);
   return flops < kMinCallFlops ? 1 : AvailableCores();
 }
 
@@ -124,20 +127,30 @@ inline void Gather(float* dst, const float* src, int64_t n) {
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
-// Packs weight_hh for the forward matmul: panel (item, gate) holds, for every input unit kk,
-// the 32 weights w[dir][gate*H + u0 + c][kk] (zero past H).
-void PackForward(const Dims& d, const float* w, const Item& it, float* out) {
-  const int64_t h = d.hidden;
+// Packs weight_hh and weight_ih for the forward matmuls: the item's panel of gate g holds, for
+// every hidden unit kk, the 32 weights w_hh[dir][g*H + u0 + c][kk], then for every input
+// feature kk the 32 weights w_ih[dir][g*H + u0 + c][kk] (zero past H): (G, H + D, 32).
+void PackForward(const Dims& d, const float* w_hh, const float* w_ih, const Item& it,
+                 float* out) {
+  const int64_t h = d.hidden, in = d.input;
   for (int64_t g = 0; g < d.gates; ++g) {
-    float* panel = out + g * h * kPanel;
-    const float* rows = w + (it.dir * d.gh() + g * h + it.u0) * h;
-    for (int64_t kk = 0; kk < h; ++kk) {
-      for (int64_t c = 0; c < kPanel; ++c) {
+    float* panel = out + g * (h + in) * kPanel;
+    const float* rows = w_hh + (it.dir * d.gh() + g * h + it.u0) * h;
+    const float* rows_ih = w_ih + (it.dir * d.gh() + g * h + it.u0) * in;
+    for (int64_t c = 0; c < kPanel; ++c) {
+      for (int64_t kk = 0; kk < h; ++kk) {
         panel[kk * kPanel + c] = c < it.nu ? rows[c * h + kk] : 0.0f;
+      }
+      for (int64_t kk = 0; kk < in; ++kk) {
+        panel[(h + kk) * kPanel + c] = c < it.nu ? rows_ih[c * in + kk] : 0.0f;
       }
     }
   }
 }
+
+// Matmul tiles per thread in the forward pass: one per gate, and GRU's n gate a second for
+// its input half.
+int64_t Tiles(const Dims& d) { return d.gates + (d.cell == kGru ? 1 : 0); }
 
 // Hands out a work item's rows of 32 floats: in a full panel the arrays themselves, in a
 // partial one (H not a multiple of 32) zero-padded copies, written back by Flush.
@@ -168,9 +181,10 @@ class Lanes {
 
 struct Forward {
   Dims d;
-  const float *gx, *w, *b, *h0, *c0;
+  const float *xs, *w_ih, *b_ih, *w_hh, *b_hh, *h0, *c0;
   const uint8_t* mask;
-  float *hs, *aux, *act;  // may alias gx (see the FFI handler)
+  float *hs, *aux;
+  float* act;  // nullptr when the call keeps no gates for a backward pass
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -319,55 +333,72 @@ std::string Runnable() {
 // ---------------------------------------------------------------------------------------------
 // FFI handlers.
 
-ffi::Error MakeDims(int32_t cell, int32_t reverse, ffi::Span<const int64_t> gx,
+// Dims of a call of `steps` steps on `batch` sequences of `input` features (0: backward).
+ffi::Error MakeDims(int32_t cell, int32_t reverse, int64_t steps, int64_t batch, int64_t input,
                     ffi::Span<const int64_t> w, Dims* d) {
   if (cell < kRnnTanh || cell > kGru) {
     return ffi::Error::InvalidArgument("jrnn recurrence: cell: expected 0..3, got " +
                                        std::to_string(cell));
   }
-  if (gx.size() != 3 || w.size() != 3) {
-    return ffi::Error::InvalidArgument("jrnn recurrence: gx and w: expected rank 3, got " +
-                                       Shape(gx) + " and " + Shape(w));
+  if (w.size() != 3) {
+    return ffi::Error::InvalidArgument("jrnn recurrence: w_hh: expected rank 3, got " + Shape(w));
   }
   const int64_t gates = Gates(cell), dirs = w[0], hidden = w[2];
-  if (w[1] != gates * hidden || gx[2] != gates * hidden || dirs < 1 || gx[1] % dirs != 0) {
+  if (w[1] != gates * hidden || dirs < 1) {
     return ffi::Error::InvalidArgument(
-        "jrnn recurrence: expected w (k, G*H, H) and gx (T, k*B, G*H) with G = " +
-        std::to_string(gates) + ", got w " + Shape(w) + " and gx " + Shape(gx));
+        "jrnn recurrence: expected w_hh (k, G*H, H) with G = " + std::to_string(gates) +
+        ", got " + Shape(w));
   }
   if (reverse < 0 || reverse >= (1 << dirs)) {
     return ffi::Error::InvalidArgument("jrnn recurrence: reverse: expected a bit mask of " +
                                        std::to_string(dirs) + " directions, got " +
                                        std::to_string(reverse));
   }
-  *d = Dims{cell, reverse, gx[0], gx[1], dirs, gx[1] / dirs, hidden, gates};
+  *d = Dims{cell, reverse, steps, batch * dirs, dirs, batch, hidden, gates, input};
   return ffi::Error::Success();
 }
 
 // Forward outputs: hs (T, R, H); aux, for LSTM c (T, R, H), for GRU the recurrent half of n
-// (T, R, H), else (1,); act, the gate activations (T, R, G*H) for LSTM and GRU, else (1,). The
-// caller may alias act (RNN: hs) to gx, whose every element is read before it is overwritten.
-ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
-                      ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
-                      ffi::Buffer<ffi::U8> mask, int32_t cell, int32_t reverse,
-                      ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> aux,
-                      ffi::ResultBuffer<ffi::F32> act) {
+// (T, R, H), else (1,); act, with save the gate activations (T, R, G*H) for LSTM and GRU, else
+// (1,).
+ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
+                      ffi::Buffer<ffi::F32> b_ih, ffi::Buffer<ffi::F32> w_hh,
+                      ffi::Buffer<ffi::F32> b_hh, ffi::Buffer<ffi::F32> h0,
+                      ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::U8> mask, int32_t cell,
+                      int32_t reverse, int32_t save, ffi::ResultBuffer<ffi::F32> hs,
+                      ffi::ResultBuffer<ffi::F32> aux, ffi::ResultBuffer<ffi::F32> act) {
+  if (xs.dimensions().size() != 3) {
+    return ffi::Error::InvalidArgument("jrnn recurrence: xs: expected rank 3 (T, B, D), got " +
+                                       Shape(xs.dimensions()));
+  }
+  const auto x = xs.dimensions();
   Dims d;
-  JRNN_CHECK(MakeDims(cell, reverse, gx.dimensions(), w.dimensions(), &d));
-  const int64_t T = d.steps, R = d.rows, H = d.hidden;
-  const bool gated = d.gates > 1;
-  JRNN_CHECK(Expect("b", b.dimensions(), {d.dirs, d.gh()}));
+  JRNN_CHECK(MakeDims(cell, reverse, x[0], x[1], x[2], w_hh.dimensions(), &d));
+  const int64_t T = d.steps, R = d.rows, H = d.hidden, k = d.dirs;
+  const bool gated = d.gates > 1, keep_gates = gated && save != 0;
+  JRNN_CHECK(Expect("w_ih", w_ih.dimensions(), {k, d.gh(), d.input}));
+  JRNN_CHECK(Expect("b_ih", b_ih.dimensions(), {k, d.gh()}));
+  JRNN_CHECK(Expect("b_hh", b_hh.dimensions(), {k, d.gh()}));
   JRNN_CHECK(Expect("h0", h0.dimensions(), {R, H}));
   JRNN_CHECK(Expect("c0", c0.dimensions(), {R, H}));
   JRNN_CHECK(Expect("mask", mask.dimensions(), {T, d.batch}));
   JRNN_CHECK(Expect("hs", hs->dimensions(), {T, R, H}));
   JRNN_CHECK(gated ? Expect("aux", aux->dimensions(), {T, R, H})
                    : Expect("aux", aux->dimensions(), {1}));
-  JRNN_CHECK(gated ? Expect("act", act->dimensions(), {T, R, d.gh()})
-                   : Expect("act", act->dimensions(), {1}));
-  const Forward f{d,           gx.typed_data(), w.typed_data(),  b.typed_data(),
-                  h0.typed_data(), c0.typed_data(), mask.typed_data(), hs->typed_data(),
-                  aux->typed_data(), act->typed_data()};
+  JRNN_CHECK(keep_gates ? Expect("act", act->dimensions(), {T, R, d.gh()})
+                        : Expect("act", act->dimensions(), {1}));
+  const Forward f{d,
+                  xs.typed_data(),
+                  w_ih.typed_data(),
+                  b_ih.typed_data(),
+                  w_hh.typed_data(),
+                  b_hh.typed_data(),
+                  h0.typed_data(),
+                  c0.typed_data(),
+                  mask.typed_data(),
+                  hs->typed_data(),
+                  aux->typed_data(),
+                  keep_gates ? act->typed_data() : nullptr};
   selected->forward(f);
   return ffi::Error::Success();
 }
@@ -384,10 +415,17 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
                        ffi::Buffer<ffi::F32> dcs, int32_t cell, int32_t reverse,
                        ffi::ResultBuffer<ffi::F32> dgx, ffi::ResultBuffer<ffi::F32> drec,
                        ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
+  const auto g = dgx->dimensions(), wd = w.dimensions();
+  if (wd.size() != 3 || wd[0] < 1 || g.size() != 3 || g[1] % wd[0] != 0) {
+    return ffi::Error::InvalidArgument(
+        "jrnn recurrence: expected w_hh (k, G*H, H) and dgx (T, k*B, G*H), got w_hh " +
+        Shape(wd) + " and dgx " + Shape(g));
+  }
   Dims d;
-  JRNN_CHECK(MakeDims(cell, reverse, dgx->dimensions(), w.dimensions(), &d));
+  JRNN_CHECK(MakeDims(cell, reverse, g[0], g[1] / wd[0], 0, wd, &d));
   const int64_t T = d.steps, R = d.rows, H = d.hidden;
   const bool gated = d.gates > 1;
+  JRNN_CHECK(Expect("dgx", g, {T, R, d.gh()}));
   JRNN_CHECK(Expect("h0", h0.dimensions(), {R, H}));
   JRNN_CHECK(Expect("c0", c0.dimensions(), {R, H}));
   JRNN_CHECK(Expect("mask", mask.dimensions(), {T, d.batch}));
@@ -430,14 +468,17 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceForward, jrnn::ForwardFfi,
                               xla::ffi::Ffi::Bind()
-                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // gx
-                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // w
-                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // b
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // xs
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // w_ih
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // b_ih
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // w_hh
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // b_hh
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // h0
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // c0
                                   .Arg<xla::ffi::Buffer<xla::ffi::U8>>()   // mask
                                   .Attr<int32_t>("cell")
                                   .Attr<int32_t>("reverse")
+                                  .Attr<int32_t>("save")
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // hs
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // aux
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>());  // act

@@ -183,12 +183,12 @@ def call(
     mask: jax.Array | None,
     reverse: tuple[bool, ...],
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    """The compiled FFI call of one layer: projection, loop over time and VJP.
+    """The compiled FFI call of one layer: projection and loop over time, and its VJP.
 
     ``k`` directions, each on its own weights, all in real time: a direction with ``reverse``
     set runs from the last step back to the first (with ``mask``, from each sequence's last
-    valid step), reading and writing the same time-ordered arrays as the others. So the input
-    projection of all directions is one matmul, and the output comes out as it is returned.
+    valid step), reading and writing the same time-ordered arrays as the others. So the output
+    comes out as it is returned.
 
     Args:
         kernel: ``"RNN_TANH"``, ``"RNN_RELU"``, ``"LSTM"`` or ``"GRU"``.
@@ -245,38 +245,30 @@ def _dummy() -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct((1,), jnp.float32)
 
 
-def _call_forward(code, bits, gx, w, b, h0, c0, keep):
-    """``(hs, aux, act)``; act (RNN: hs) takes over gx's buffer, which nothing else reads."""
-    steps, rows, hidden = gx.shape[0], gx.shape[1], w.shape[2]
+def _call_forward(code, bits, save, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
+    """``(hs, aux, act)``: the loop over time, input projection included; act only with
+    ``save`` (a backward pass follows) and for LSTM and GRU, else a (1,) placeholder."""
+    steps, batch = xs.shape[:2]
+    k, gh, hidden = w_hh.shape
     gated = code in (_CODES["LSTM"], _CODES["GRU"])
-    full = jax.ShapeDtypeStruct((steps, rows, hidden), jnp.float32)
-    gates = jax.ShapeDtypeStruct(gx.shape, jnp.float32)
-    outputs = (full, full, gates) if gated else (full, _dummy(), _dummy())
-    call = jax.ffi.ffi_call(
-        "jrnn_recurrence_fwd",
-        outputs,
-        vmap_method="sequential",
-        input_output_aliases={0: 2 if gated else 0},
-    )
-    return call(gx, w, b, h0, c0, keep, cell=np.int32(code), reverse=np.int32(bits))
-
-
-def _project(xs, w_ih, b_ih):
-    """`(T, B, D)` -> `(T, B*k, G*H)`: every direction's input half, one matmul."""
-    k, gh, d = w_ih.shape
-    gx = xs.reshape(-1, d) @ w_ih.reshape(k * gh, d).T + b_ih.reshape(1, k * gh)
-    return gx.reshape(xs.shape[0], xs.shape[1] * k, gh)
+    full = jax.ShapeDtypeStruct((steps, batch * k, hidden), jnp.float32)
+    gates = jax.ShapeDtypeStruct((steps, batch * k, gh), jnp.float32)
+    outputs = (full, full if gated else _dummy(), gates if gated and save else _dummy())
+    call = jax.ffi.ffi_call("jrnn_recurrence_fwd", outputs, vmap_method="sequential")
+    return call(
+        xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep,
+        cell=np.int32(code), reverse=np.int32(bits), save=np.int32(save),
+    )  # fmt: skip
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _layer(code, bits, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
-    hs, aux, _ = _call_forward(code, bits, _project(xs, w_ih, b_ih), w_hh, b_hh, h0, c0, keep)
+    hs, aux, _ = _call_forward(code, bits, False, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep)
     return hs, aux  # aux is LSTM's cell state; for the other cells, unused
 
 
 def _layer_fwd(code, bits, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
-    gx = _project(xs, w_ih, b_ih)
-    hs, aux, act = _call_forward(code, bits, gx, w_hh, b_hh, h0, c0, keep)
+    hs, aux, act = _call_forward(code, bits, True, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep)
     return (hs, aux), (xs, w_ih, w_hh, h0, c0, keep, hs, aux, act)
 
 
