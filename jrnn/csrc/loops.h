@@ -279,12 +279,11 @@ struct BackwardSteps : Backward {
     const bool gru = d.cell == kGru;
     Lanes lanes(it.nu);
     // As in the forward pass, every input is read before any output is written, lane by lane.
-    const float *a[4] = {}, *c = nullptr, *cp = nullptr, *g_c_in = nullptr, *dc_in = nullptr;
+    const float *a[4] = {}, *c = nullptr, *cp = nullptr, *dc_in = nullptr;
     float *dgx_out[4], *dgh_out[4] = {}, *dc_out = nullptr, *drec_out = nullptr;
     const float* g_h_in = lanes.In(dhs + at * h + it.u0);
     const float* dh_in = lanes.In(dh + carry);
     if (lstm) {
-      g_c_in = lanes.In(dcs + at * h + it.u0);
       dc_in = lanes.In(dc + carry);
       c = lanes.In(aux + at * h + it.u0);
       cp = lanes.In(Carry(d, c0, aux, s, b, it));
@@ -314,13 +313,13 @@ struct BackwardSteps : Backward {
         }
         if (gru) Store(drec_out + v, vf{});
         Store(dh_out + v, g_h);
-        if (lstm) Store(dc_out + v, Load(g_c_in + v) + Load(dc_in + v));
+        if (lstm) Store(dc_out + v, Load(dc_in + v));
         continue;
       }
       if (lstm) {
         const vf ig = Load(a[0] + v), fg = Load(a[1] + v), gg = Load(a[2] + v);
         const vf og = Load(a[3] + v), tc = Tanh(Load(c + v));
-        const vf g_c = Load(g_c_in + v) + Load(dc_in + v) + g_h * og * (one - tc * tc);
+        const vf g_c = Load(dc_in + v) + g_h * og * (one - tc * tc);
         Store(dgx_out[0] + v, g_c * gg * ig * (one - ig));
         Store(dgx_out[1] + v, g_c * Load(cp + v) * fg * (one - fg));
         Store(dgx_out[2] + v, g_c * ig * (one - gg * gg));

@@ -21,8 +21,8 @@
 //                 aux (T, R, H)    LSTM: the carry c; GRU: n's recurrent half; RNN: (1,)
 //                 act (T, R, G*H)  LSTM, GRU with save: the gates after their activations;
 //                                  else (1,)
-//   backward in:  w_hh, h0, c0, mask, the forward's outputs; dhs, and dcs (aux's shape): the
-//                 cotangents of hs and aux (dcs read for LSTM only)
+//   backward in:  w_hh, h0, c0, mask, the forward's outputs; dhs (T, R, H), the cotangent of
+//                 hs; dhn, dcn (k*B, H), those of the final carry (dcn read for LSTM only)
 //           out:  dgx (T, R, G*H)  cotangent of gx
 //                 drec (T, R, H)   GRU: cotangent of n's recurrent half; else (1,)
 //                 dh0, dc0 (k*B, H) cotangents of h0 and c0 (dc0 zero but for LSTM)
@@ -204,7 +204,7 @@ struct Backward {
   Dims d;
   const float *w, *h0, *c0;
   const uint8_t* mask;
-  const float *hs, *aux, *act, *dhs, *dcs;
+  const float *hs, *aux, *act, *dhs;
   float *dgx, *drec;     // may alias act and aux, or dgx dhs (see the FFI handler)
   float *dh, *dc;        // the cotangent of the carry entering the present step
   float* dgh[2];         // GRU: cotangent of the recurrent half (k*B, G*H), by step parity
@@ -404,15 +404,16 @@ ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
 }
 
 
-// Backward inputs: the forward's inputs and outputs, and dhs, dcs: the cotangents of hs and
-// of aux (read for LSTM only). Outputs: dgx (T, R, G*H); drec, for GRU the cotangent of n's
+// Backward inputs: the forward's inputs and outputs, dhs: the cotangent of hs, and dhn, dcn:
+// those of the final carry (dcn read for LSTM only). Outputs: dgx (T, R, G*H); drec, for GRU the cotangent of n's
 // recurrent half (T, R, H), else (1,); dh0 and dc0 (k*B, H). The caller may alias dgx to act
 // (RNN: to dhs) and drec to aux.
 ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::U8> mask,
                        ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> aux,
                        ffi::Buffer<ffi::F32> act, ffi::Buffer<ffi::F32> dhs,
-                       ffi::Buffer<ffi::F32> dcs, int32_t cell, int32_t reverse,
+                       ffi::Buffer<ffi::F32> dhn, ffi::Buffer<ffi::F32> dcn, int32_t cell,
+                       int32_t reverse,
                        ffi::ResultBuffer<ffi::F32> dgx, ffi::ResultBuffer<ffi::F32> drec,
                        ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
   const auto g = dgx->dimensions(), wd = w.dimensions();
@@ -433,16 +434,22 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
   JRNN_CHECK(Expect("dhs", dhs.dimensions(), {T, R, H}));
   JRNN_CHECK(gated ? Expect("aux", aux.dimensions(), {T, R, H})
                    : Expect("aux", aux.dimensions(), {1}));
-  JRNN_CHECK(Expect("dcs", dcs.dimensions(), aux.dimensions()));
   JRNN_CHECK(gated ? Expect("act", act.dimensions(), {T, R, d.gh()})
                    : Expect("act", act.dimensions(), {1}));
   JRNN_CHECK(cell == kGru ? Expect("drec", drec->dimensions(), {T, R, H})
                           : Expect("drec", drec->dimensions(), {1}));
+  JRNN_CHECK(Expect("dhn", dhn.dimensions(), {R, H}));
+  JRNN_CHECK(Expect("dcn", dcn.dimensions(), {R, H}));
   JRNN_CHECK(Expect("dh0", dh0->dimensions(), {R, H}));
   JRNN_CHECK(Expect("dc0", dc0->dimensions(), {R, H}));
   Floats scratch = Allocate(cell == kGru ? 2 * R * d.gh() : 1);
-  std::memset(dh0->typed_data(), 0, R * H * sizeof(float));
-  std::memset(dc0->typed_data(), 0, R * H * sizeof(float));
+  // dh0 and dc0 hold the carry's cotangent as the loop goes back, starting from the final one
+  Put(dh0->typed_data(), dhn.typed_data(), R * H);
+  if (cell == kLstm) {
+    Put(dc0->typed_data(), dcn.typed_data(), R * H);
+  } else {
+    std::memset(dc0->typed_data(), 0, R * H * sizeof(float));
+  }
   const Backward bw{d,
                     w.typed_data(),
                     h0.typed_data(),
@@ -452,7 +459,6 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
                     aux.typed_data(),
                     act.typed_data(),
                     dhs.typed_data(),
-                    dcs.typed_data(),
                     dgx->typed_data(),
                     drec->typed_data(),
                     dh0->typed_data(),
@@ -493,7 +499,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceBackward, jrnn::BackwardFfi,
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // aux
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // act
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // dhs
-                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // dcs
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // dhn
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // dcn
                                   .Attr<int32_t>("cell")
                                   .Attr<int32_t>("reverse")
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dgx

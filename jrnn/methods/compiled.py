@@ -2,11 +2,13 @@
 
 XLA:CPU runs the small recurrent matmul of a scan step at under half of the core's peak and adds
 a few dozen kernel launches per step. This path hands the loop to C++ (``jrnn/csrc/``): a
-register-tiled matmul over weights packed once per call, the gate math in the same pass, units
-of 32 hidden units by 16 rows shared out among the cores each step, one barrier per step. What
-stays in XLA is what XLA does well, the large matmuls around the loop: the input projection of
-every direction before it, and after the backward loop the input's gradient and the weight
-gradients, ``[dW_ih | dW_hh] = sum_t dgates_t^T [x_t | h_{t-1}]``.
+register-tiled matmul over weights packed once per call, ``x_t @ W_ih^T`` and
+``h_{t-1} @ W_hh^T`` into the same tiles (no `(T, B, G*H)` array of projected inputs), the gate
+math in the same pass, units of 32 hidden units by 16 rows shared out among the cores each step
+(each thread pinned to a core of its own for the call), one barrier per step. A forward pass
+with no backward pass after it writes no gate activations. What stays in XLA is what XLA does
+well, the large matmuls after the backward loop: the input's gradient and the weight gradients,
+``[dW_ih | dW_hh] = sum_t dgates_t^T [x_t | h_{t-1}]``.
 
 It runs a layer only when the cell declares a kernel identity (``Cell.kernel``) that this module
 has and the cell is the built-in record of that kernel; :func:`unsupported` says why not
@@ -226,19 +228,23 @@ def call(
     keep = jnp.ones((steps, batch), jnp.uint8) if mask is None else mask.astype(jnp.uint8)
     rows = (k * batch, hidden)  # the carry, direction-major
     c0 = h0 if c0 is None else c0
-    hs, aux = _layer(
+    hs, carry = _layer(
         code, bits, xs, weight_ih, zeros if bias_ih is None else bias_ih, weight_hh,
         zeros if bias_hh is None else bias_hh, h0.reshape(rows), c0.reshape(rows), keep,
     )  # fmt: skip
     ys = hs.reshape(steps, batch, k * hidden)
     if mask is not None:
         ys = jnp.where(mask[..., None], ys, 0.0)
+    h, c = [a.reshape(k, batch, hidden) for a in carry] + [None] * (2 - len(carry))
+    return ys, h, c
 
-    def final(a):  # the carry after each direction's last step (time 0 for a reverse one)
-        a = a.reshape(steps, batch, k, hidden)
-        return jnp.stack([a[0 if flag else -1, :, j] for j, flag in enumerate(reverse)])
 
-    return ys, final(hs), (final(aux) if code == _CODES["LSTM"] else None)
+def _final(a, k, bits):
+    """`(T, k*B, H)` -> `(k*B, H)`: each direction's carry after its last step (time 0 for a
+    reverse one), direction-major."""
+    steps, rows, hidden = a.shape
+    a = a.reshape(steps, rows // k, k, hidden)
+    return jnp.concatenate([a[0 if bits >> j & 1 else -1, :, j] for j in range(k)])
 
 
 def _dummy() -> jax.ShapeDtypeStruct:
@@ -263,18 +269,28 @@ def _call_forward(code, bits, save, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _layer(code, bits, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
+    """``(hs, carry)``: hs `(T, k*B, H)`, carry the final ``(h,)``, for LSTM ``(h, c)``, each
+    `(k*B, H)` direction-major. aux (LSTM's cell states, GRU's n halves) stays inside."""
     hs, aux, _ = _call_forward(code, bits, False, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep)
-    return hs, aux  # aux is LSTM's cell state; for the other cells, unused
+    return _carry(code, bits, w_hh.shape[0], hs, aux)
+
+
+def _carry(code, bits, k, hs, aux):
+    h = _final(hs, k, bits)
+    return hs, ((h, _final(aux, k, bits)) if code == _CODES["LSTM"] else (h,))
 
 
 def _layer_fwd(code, bits, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
     hs, aux, act = _call_forward(code, bits, True, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep)
-    return (hs, aux), (xs, w_ih, w_hh, h0, c0, keep, hs, aux, act)
+    residuals = (xs, w_ih, w_hh, h0, c0, keep, hs, aux, act)
+    return _carry(code, bits, w_hh.shape[0], hs, aux), residuals
 
 
 def _layer_bwd(code, bits, residuals, cotangents):
     xs, w_ih, w_hh, h0, c0, keep, hs, aux, act = residuals
-    dhs, daux = cotangents
+    dhs, carry = cotangents
+    dhn = carry[0]
+    dcn = carry[1] if code == _CODES["LSTM"] else dhn  # read for LSTM only
     k, gh, hidden = w_hh.shape
     steps, rows = hs.shape[:2]
     batch, d = rows // k, xs.shape[-1]
@@ -291,8 +307,9 @@ def _layer_bwd(code, bits, residuals, cotangents):
         "jrnn_recurrence_bwd", outputs, vmap_method="sequential", input_output_aliases=aliases
     )
     dgx, drec, dh0, dc0 = call(
-        w_hh, h0, c0, keep, hs, aux, act, dhs, daux, cell=np.int32(code), reverse=np.int32(bits)
-    )
+        w_hh, h0, c0, keep, hs, aux, act, dhs, dhn, dcn,
+        cell=np.int32(code), reverse=np.int32(bits),
+    )  # fmt: skip
     # the recurrent half's cotangent: for GRU, n's block is r * (W_hn h + b_hn)'s
     dgh = jnp.concatenate([dgx[..., : 2 * hidden], drec], -1) if gru else dgx
     dgx = dgx.reshape(steps * batch, k, gh)
