@@ -11,6 +11,7 @@ subprocess under each narrower one (``JRNN_ISA``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -92,6 +93,10 @@ def test_compiled_equals_scan(name, hidden, batch, bidirectional, padded):
     compiled = _loss_and_grads(spec, params, x, h0, lengths, True)
     scan = _loss_and_grads(spec, params, x, h0, lengths, False)
     jax.tree.map(close, compiled, scan)
+    # a forward pass alone runs the call that keeps no gate activations
+    forward = jax.jit(lambda p, method: spec.apply(p, x, h0, lengths=lengths, method=method),
+                      static_argnums=1)  # fmt: skip
+    jax.tree.map(close, forward(params, "compiled"), forward(params, "scan"))
 
 
 @pytest.mark.parametrize(("name", "hidden"), [("lstm", 136), ("gru", 150)])
@@ -106,6 +111,19 @@ def test_compiled_equals_scan_on_all_cores(name, hidden):
     compiled = _loss_and_grads(spec, params, x, h0, lengths, True)
     scan = _loss_and_grads(spec, params, x, h0, lengths, False)
     jax.tree.map(close, compiled, scan)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
+def test_threads_get_their_cpu_sets_back_after_a_call():
+    """A call on every core pins its threads to one core each for its duration only."""
+    allowed = os.sched_getaffinity(0)
+    spec = jrnn.GRU(6, 150, bidirectional=True)  # over 400 MFLOP: runs on every core
+    params = spec.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (32, 64, 6))
+    jax.block_until_ready(jax.jit(lambda p: spec.apply(p, x, method="compiled"))(params))
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # the thread ended meanwhile
+            assert os.sched_getaffinity(int(tid)) == allowed, f"thread {tid}"
 
 
 def test_compiled_path_under_vmap_remat_and_unbatched_input():
@@ -164,7 +182,8 @@ def test_layer_rejects_inconsistent_arguments():
     def call(name, xs=xs, w_ih=w_ih, reverse=(False,)):
         return kernel.call(name, xs, w_ih, None, w_hh, None, h0, h0, None, reverse)
 
-    with pytest.raises(Exception, match=r"expected w_hh \(k, G\*H, H\) with G = 3, got \(1, 32, 8\)"):  # GRU has 3 gates
+    gates = r"expected w_hh \(k, G\*H, H\) with G = 3, got \(1, 32, 8\)"  # GRU has 3 gates
+    with pytest.raises(Exception, match=gates):
         call("GRU")
     with pytest.raises(ValueError, match=r"weight_ih: expected \(1, 32, 6\) .*, got \(1, 32, 5\)"):
         call("LSTM", xs=jnp.zeros((4, 2, 6)))
