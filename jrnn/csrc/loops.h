@@ -236,12 +236,14 @@ struct ForwardSteps : Forward {
   }
 };
 
-// The forward loop over time: packs weight_hh and weight_ih, then runs the steps on a team of threads.
+// The forward loop over time: packs weight_hh and weight_ih, then runs the steps on a team of
+// threads.
 void RunForward(const Forward& forward) {
   const ForwardSteps f{forward};
   const Dims& d = f.d;
   const int64_t items = d.dirs * d.panels();
-  const int64_t per_item = d.gates * (d.hidden + d.input) * kPanel, per_team = Tiles(d) * kUnitRows * kPanel;
+  const int64_t per_item = d.gates * (d.hidden + d.input) * kPanel;
+  const int64_t per_team = Tiles(d) * kUnitRows * kPanel;
   Team team(Units(d), Cores(d));
   Floats packed = Allocate(items * per_item);
   Floats tiles = Allocate(team.threads() * per_team);

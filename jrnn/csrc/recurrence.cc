@@ -405,8 +405,8 @@ ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
 
 
 // Backward inputs: the forward's inputs and outputs, dhs: the cotangent of hs, and dhn, dcn:
-// those of the final carry (dcn read for LSTM only). Outputs: dgx (T, R, G*H); drec, for GRU the cotangent of n's
-// recurrent half (T, R, H), else (1,); dh0 and dc0 (k*B, H). The caller may alias dgx to act
+// those of the final carry (dcn read for LSTM only). Outputs: dgx (T, R, G*H); drec, for GRU
+// the cotangent of n's recurrent half (T, R, H), else (1,); dh0 and dc0 (k*B, H). The caller may alias dgx to act
 // (RNN: to dhs) and drec to aux.
 ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::U8> mask,
