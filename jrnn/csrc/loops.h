@@ -70,10 +70,11 @@ inline vf Tanh(vf x) {
 
 // ---------------------------------------------------------------------------------------------
 // Matmul: out (m, 32) = a (m, K) @ b (K, 32), b packed (K rows of 32 contiguous floats), a
-// row-major with leading dimension lda. Register tiles of up to kTileRows rows x 32 columns; K in blocks
-// of 256, whose part of b (32 KiB) stays in L1 while every row tile reads it.
+// row-major with leading dimension lda (kColumns: a's row r, column kk at a[r + kk * lda], i.e. a
+// is the transpose of a row-major (K, m) array). Register tiles of up to kTileRows rows x 32
+// columns; K in blocks of 256, whose part of b (32 KiB) stays in L1 while every row tile reads it.
 
-template <int M, bool kAccumulate>
+template <int M, bool kAccumulate, bool kColumns>
 void TileKernel(const float* __restrict a, int64_t lda, const float* __restrict b, int64_t k,
                 float* __restrict out) {
   vf acc[M][kVectors];
@@ -91,7 +92,7 @@ void TileKernel(const float* __restrict a, int64_t lda, const float* __restrict 
     for (int v = 0; v < kVectors; ++v) bk[v] = Load(b + kk * kPanel + v * kLanes);
 #pragma GCC unroll 8
     for (int r = 0; r < M; ++r) {
-      const vf x = Splat(a[r * lda + kk]);
+      const vf x = Splat(kColumns ? a[r + kk * lda] : a[r * lda + kk]);
 #pragma GCC unroll 8
       for (int v = 0; v < kVectors; ++v) acc[r][v] += x * bk[v];
     }
@@ -104,27 +105,27 @@ void TileKernel(const float* __restrict a, int64_t lda, const float* __restrict 
 }
 
 // The kernel for a tile of m <= M rows.
-template <bool kAccumulate, int M = kTileRows>
+template <bool kAccumulate, bool kColumns, int M = kTileRows>
 void Tile(int m, const float* a, int64_t lda, const float* b, int64_t k, float* out) {
   if constexpr (M > 1) {
-    if (m < M) return Tile<kAccumulate, M - 1>(m, a, lda, b, k, out);
+    if (m < M) return Tile<kAccumulate, kColumns, M - 1>(m, a, lda, b, k, out);
   }
-  TileKernel<M, kAccumulate>(a, lda, b, k, out);
+  TileKernel<M, kAccumulate, kColumns>(a, lda, b, k, out);
 }
 
-// out = a @ b, or out += a @ b with kAccumulate.
-template <bool kAccumulate>
+// out = a @ b, or out += a @ b with kAccumulate; a as in TileKernel.
+template <bool kAccumulate, bool kColumns = false>
 void Matmul(int64_t m, const float* a, int64_t lda, const float* b, int64_t k, float* out) {
   constexpr int64_t kBlock = 256;
   for (int64_t k0 = 0; k0 < k; k0 += kBlock) {
     const int64_t kb = std::min(kBlock, k - k0);
     for (int64_t r0 = 0; r0 < m; r0 += kTileRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - r0));
-      const float *ar = a + r0 * lda + k0, *bk = b + k0 * kPanel;
+      const float *ar = a + (kColumns ? r0 + k0 * lda : r0 * lda + k0), *bk = b + k0 * kPanel;
       if (k0 == 0 && !kAccumulate) {
-        Tile<false>(rows, ar, lda, bk, kb, out + r0 * kPanel);
+        Tile<false, kColumns>(rows, ar, lda, bk, kb, out + r0 * kPanel);
       } else {
-        Tile<true>(rows, ar, lda, bk, kb, out + r0 * kPanel);
+        Tile<true, kColumns>(rows, ar, lda, bk, kb, out + r0 * kPanel);
       }
     }
   }
@@ -282,7 +283,7 @@ struct BackwardSteps : Backward {
     Lanes lanes(it.nu);
     // As in the forward pass, every input is read before any output is written, lane by lane.
     const float *a[4] = {}, *c = nullptr, *cp = nullptr, *dc_in = nullptr;
-    float *dgx_out[4], *dgh_out[4] = {}, *dc_out = nullptr, *drec_out = nullptr;
+    float *dgx_out[4], *dgh_out[4] = {}, *dc_out = nullptr;
     const float* g_h_in = lanes.In(dhs + at * h + it.u0);
     const float* dh_in = lanes.In(dh + carry);
     if (lstm) {
@@ -302,7 +303,6 @@ struct BackwardSteps : Backward {
       dgx_out[g] = lanes.Out(dgx + at * gh + g * h + it.u0);
       if (gru) dgh_out[g] = lanes.Out(dgh[s & 1] + row * gh + g * h + it.u0);
     }
-    if (gru) drec_out = lanes.Out(drec + at * h + it.u0);
     float* dh_out = lanes.Out(dh + carry);
     if (lstm) dc_out = lanes.Out(dc + carry);
     const vf one = Splat(1.0f);
@@ -313,7 +313,6 @@ struct BackwardSteps : Backward {
           Store(dgx_out[g] + v, vf{});
           if (gru) Store(dgh_out[g] + v, vf{});
         }
-        if (gru) Store(drec_out + v, vf{});
         Store(dh_out + v, g_h);
         if (lstm) Store(dc_out + v, Load(dc_in + v));
         continue;
@@ -339,7 +338,6 @@ struct BackwardSteps : Backward {
         Store(dgh_out[0] + v, dr);
         Store(dgh_out[1] + v, dz);
         Store(dgh_out[2] + v, dn * rg);
-        Store(drec_out + v, dn * rg);
         Store(dh_out + v, g_h * zg);
       } else {
         const vf hn = Load(c + v);
@@ -349,6 +347,63 @@ struct BackwardSteps : Backward {
       }
     }
     lanes.Flush();
+  }
+
+  // Adds step s's part to an item's weight and bias gradients, sum_b [h_prev | x_s]^T dg_s.
+  // grads: the item's (G, H + D, 32) panels of [dW_hh | dW_ih]^T (row kk < H: hidden unit kk,
+  // then input feature kk - H; column c: gate row g*H + u0 + c), then its bias sums (2, G, 32),
+  // b_ih's then b_hh's. gather: (2, B, 32) scratch for the item's columns of dg_s.
+  void AddWeights(int64_t s, const Item& it, float* grads, float* gather) const {
+    const int64_t h = d.hidden, in = d.input, gh = d.gh(), j = it.dir, batch = d.batch;
+    const int64_t time = d.Time(s, j);
+    const bool gru = d.cell == kGru;
+    // h_prev of all sequences: rows of h0 (stride H) or of hs (stride k*H); x_s: rows of xs
+    const float* hprev = s == 0 ? h0 + d.CarryRow(0, j) * h
+                                : hs + (d.Time(s - 1, j) * d.rows + d.Row(0, j)) * h;
+    const int64_t ldh = s == 0 ? h : d.dirs * h;
+    const float* x = xs + time * batch * in;
+    float* bias_ih = grads + d.gates * (h + in) * kPanel;
+    float* bias_hh = bias_ih + d.gates * kPanel;
+    for (int64_t g = 0; g < d.gates; ++g) {
+      // gate g's columns: dgx's, and for the recurrent half GRU's dgh (n's differs), zero-padded
+      const bool apart = gru && g == 2;
+      float *gx = gather, *gr = apart ? gather + batch * kPanel : gather;
+      for (int64_t b = 0; b < batch; ++b) {
+        Gather(gx + b * kPanel, dgx + (time * d.rows + d.Row(b, j)) * gh + g * h + it.u0, it.nu);
+        if (apart) {
+          Gather(gr + b * kPanel, dgh[s & 1] + d.CarryRow(b, j) * gh + g * h + it.u0, it.nu);
+        }
+      }
+      for (int v = 0; v < kPanel; v += kLanes) {
+        vf sx = Load(bias_ih + g * kPanel + v), sr = Load(bias_hh + g * kPanel + v);
+        for (int64_t b = 0; b < batch; ++b) {
+          sx += Load(gx + b * kPanel + v);
+          sr += Load(gr + b * kPanel + v);
+        }
+        Store(bias_ih + g * kPanel + v, sx);
+        Store(bias_hh + g * kPanel + v, sr);
+      }
+      float* panel = grads + g * (h + in) * kPanel;
+      Matmul<true, true>(h, hprev, ldh, gr, batch, panel);
+      Matmul<true, true>(in, x, in, gx, batch, panel + h * kPanel);
+    }
+  }
+
+  // Writes an item's weight and bias gradients (AddWeights' grads) into the outputs.
+  void Unpack(const Item& it, const float* grads) const {
+    const int64_t h = d.hidden, in = d.input, gh = d.gh();
+    const float* bias_ih = grads + d.gates * (h + in) * kPanel;
+    const float* bias_hh = bias_ih + d.gates * kPanel;
+    for (int64_t g = 0; g < d.gates; ++g) {
+      const float* panel = grads + g * (h + in) * kPanel;
+      for (int64_t c = 0; c < it.nu; ++c) {
+        const int64_t n = it.dir * gh + g * h + it.u0 + c;
+        for (int64_t kk = 0; kk < h; ++kk) dw_hh[n * h + kk] = panel[kk * kPanel + c];
+        for (int64_t kk = 0; kk < in; ++kk) dw_ih[n * in + kk] = panel[(h + kk) * kPanel + c];
+        db_ih[n] = bias_ih[g * kPanel + c];
+        db_hh[n] = bias_hh[g * kPanel + c];
+      }
+    }
   }
 
   // Adds the recurrent matmul's part, dgh_s @ w, to the unit's block of dh.
@@ -379,25 +434,39 @@ void RunBackward(const Backward& backward) {
   // Step t's matmul and step t - 1's gate math of a unit go together: the gate math needs the
   // unit's block of dh, which the matmul has just completed.
   const int64_t items = d.dirs * d.panels(), per_item = d.gh() * kPanel;
+  const int64_t per_grads = Grads(d), per_gather = 2 * d.batch * kPanel;
   Team team(Units(d), Cores(d));
   Floats packed = Allocate(items * per_item);
+  Floats grads = Allocate(items * per_grads);
   Floats tiles = Allocate(team.threads() * kUnitRows * kPanel);
+  Floats gathered = Allocate(team.threads() * per_gather);
   team.Run([&](int me) {
+    // an item's weight gradients are its owner's: the worker that packs its weights
     for (int64_t i = me; i < items; i += team.threads()) {
       PackBackward(d, bw.w, ItemAt(d, i), packed.get() + i * per_item);
+      std::memset(grads.get() + i * per_grads, 0, per_grads * sizeof(float));
     }
     team.Sync();
     float* tile = tiles.get() + me * kUnitRows * kPanel;
+    float* gather = gathered.get() + me * per_gather;
     int64_t step = 0;
     team.ForEach(me, step++, [&](int64_t index) { bw.Rows(T - 1, UnitAt(d, index)); });
     team.Sync();
     for (int64_t t = T - 1; t >= 0; --t) {
+      // first the weight gradients of step t, owner by owner, then the shared units, which
+      // even out what the owners' shares leave uneven
+      for (int64_t i = me; i < items; i += team.threads()) {
+        bw.AddWeights(t, ItemAt(d, i), grads.get() + i * per_grads, gather);
+      }
       team.ForEach(me, step++, [&](int64_t index) {
         const Unit u = UnitAt(d, index);
         bw.AddRecurrent(t, u, packed.get() + u.it.index * per_item, tile);
         if (t > 0) bw.Rows(t - 1, u);
       });
       team.Sync();
+    }
+    for (int64_t i = me; i < items; i += team.threads()) {
+      bw.Unpack(ItemAt(d, i), grads.get() + i * per_grads);
     }
   });
 }

@@ -2,8 +2,8 @@
 //
 // `jrnn.methods.compiled` is the Python side: it calls `jrnn_recurrence_fwd` for the loop over
 // time, input projection included, and in the backward pass calls `jrnn_recurrence_bwd` for
-// the loop back, then forms the input's and the weights' gradients with XLA (one large matmul
-// each). The math is `jrnn.cells`'s, in PyTorch's layout; `jrnn.methods.scan` is the
+// the loop back, weight and bias gradients included, then forms the input's gradient with XLA
+// (one large matmul). The math is `jrnn.cells`'s, in PyTorch's layout; `jrnn.methods.scan` is the
 // pure-JAX path these calls are tested against.
 //
 // Shapes (float32 unless noted): T steps, B batch, k directions, R = B * k rows, H hidden units,
@@ -21,17 +21,22 @@
 //                 aux (T, R, H)    LSTM: the carry c; GRU: n's recurrent half; RNN: (1,)
 //                 act (T, R, G*H)  LSTM, GRU with save: the gates after their activations;
 //                                  else (1,)
-//   backward in:  w_hh, h0, c0, mask, the forward's outputs; dhs (T, R, H), the cotangent of
-//                 hs; dhn, dcn (k*B, H), those of the final carry (dcn read for LSTM only)
-//           out:  dgx (T, R, G*H)  cotangent of gx
-//                 drec (T, R, H)   GRU: cotangent of n's recurrent half; else (1,)
+//   backward in:  w_hh, xs, h0, c0, mask, the forward's outputs; dhs (T, R, H), the cotangent
+//                 of hs; dhn, dcn (k*B, H), those of the final carry (dcn read for LSTM only)
+//           out:  dgx (T, R, G*H)  cotangent of the gates before their activations (the input
+//                                  half's, for GRU's n gate)
 //                 dh0, dc0 (k*B, H) cotangents of h0 and c0 (dc0 zero but for LSTM)
-// The caller lets dgx overwrite act (RNN: dhs) and drec aux: each of those inputs is read, lane
-// by lane, before the output that takes its place is written, and none is needed afterwards.
-// That spares a 16 MB buffer and its cache misses per LSTM layer and call.
+//                 dw_ih (k, G*H, D), dw_hh (k, G*H, H), db_ih, db_hh (k, G*H)  the weights'
+//                                  and biases' gradients
+// The caller lets dgx overwrite act (RNN: dhs): that input is read, lane by lane, before the
+// output that takes its place is written, and it is not needed afterwards. That spares a 16 MB
+// buffer and its cache misses per LSTM layer and call.
 //
 // Work split: a work item is (direction, panel of 32 hidden units); a unit of work is an item's
-// block of up to 16 sequences of the batch. Its thread computes the unit's gate columns of the
+// block of up to 16 sequences of the batch. In the backward pass an item's weight gradients
+// belong to one thread, which adds each step's part, sum_b [h_prev | x]^T dg, to them in
+// registers and cache, so no (T, B, G*H) array is read again after the loop and no
+// [x | h_prev] array is formed. Its thread computes the unit's gate columns of the
 // recurrent matmul and, in the forward pass, of the input projection (a register-tiled kernel
 // over weights packed once per call; no (T, R, G*H) array of projected inputs) and the
 // elementwise gate math of those units, so each step needs a single barrier: all of h (forward)
@@ -61,7 +66,7 @@ int Gates(int32_t cell) { return cell == kLstm ? 4 : cell == kGru ? 3 : 1; }
 struct Dims {
   int32_t cell, reverse;  // reverse: bit j set when direction j runs from the last step back
   int64_t steps, rows, dirs, batch, hidden, gates;
-  int64_t input;  // D, the forward's input size (0 in the backward pass, which has no input)
+  int64_t input;  // D, the layer's input size
   int64_t panels() const { return (hidden + kPanel - 1) / kPanel; }
   int64_t gh() const { return gates * hidden; }
   // The time that direction j is at in its step s.
@@ -200,14 +205,19 @@ void PackBackward(const Dims& d, const float* w, const Item& it, float* out) {
   }
 }
 
+// Floats of one item's weight and bias gradients while the backward loop adds to them
+// (BackwardSteps::AddWeights): (G, H + D, 32) panels, then (2, G, 32) bias sums.
+int64_t Grads(const Dims& d) { return d.gates * (d.hidden + d.input + 2) * kPanel; }
+
 struct Backward {
   Dims d;
-  const float *w, *h0, *c0;
+  const float *w, *xs, *h0, *c0;
   const uint8_t* mask;
   const float *hs, *aux, *act, *dhs;
-  float *dgx, *drec;     // may alias act and aux, or dgx dhs (see the FFI handler)
+  float* dgx;            // may alias act, or dhs (see the FFI handler)
   float *dh, *dc;        // the cotangent of the carry entering the present step
   float* dgh[2];         // GRU: cotangent of the recurrent half (k*B, G*H), by step parity
+  float *dw_ih, *dw_hh, *db_ih, *db_hh;
 };
 
 }  // namespace
@@ -404,29 +414,30 @@ ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
 }
 
 
-// Backward inputs: the forward's inputs and outputs, dhs: the cotangent of hs, and dhn, dcn:
-// those of the final carry (dcn read for LSTM only). Outputs: dgx (T, R, G*H); drec, for GRU
-// the cotangent of n's recurrent half (T, R, H), else (1,); dh0 and dc0 (k*B, H). The caller may alias dgx to act
-// (RNN: to dhs) and drec to aux.
-ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
-                       ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::U8> mask,
-                       ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> aux,
-                       ffi::Buffer<ffi::F32> act, ffi::Buffer<ffi::F32> dhs,
-                       ffi::Buffer<ffi::F32> dhn, ffi::Buffer<ffi::F32> dcn, int32_t cell,
-                       int32_t reverse,
-                       ffi::ResultBuffer<ffi::F32> dgx, ffi::ResultBuffer<ffi::F32> drec,
-                       ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
-  const auto g = dgx->dimensions(), wd = w.dimensions();
-  if (wd.size() != 3 || wd[0] < 1 || g.size() != 3 || g[1] % wd[0] != 0) {
-    return ffi::Error::InvalidArgument(
-        "jrnn recurrence: expected w_hh (k, G*H, H) and dgx (T, k*B, G*H), got w_hh " +
-        Shape(wd) + " and dgx " + Shape(g));
+// Backward inputs: w_hh, xs, h0, c0, mask, the forward's outputs, dhs: the cotangent of hs,
+// and dhn, dcn: those of the final carry (dcn read for LSTM only). Outputs: dgx (T, R, G*H);
+// dh0 and dc0 (k*B, H); dw_ih (k, G*H, D), dw_hh (k, G*H, H), db_ih and db_hh (k, G*H). The
+// caller may alias dgx to act (RNN: to dhs).
+ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> xs,
+                       ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                       ffi::Buffer<ffi::U8> mask, ffi::Buffer<ffi::F32> hs,
+                       ffi::Buffer<ffi::F32> aux, ffi::Buffer<ffi::F32> act,
+                       ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> dhn,
+                       ffi::Buffer<ffi::F32> dcn, int32_t cell, int32_t reverse,
+                       ffi::ResultBuffer<ffi::F32> dgx, ffi::ResultBuffer<ffi::F32> dh0,
+                       ffi::ResultBuffer<ffi::F32> dc0, ffi::ResultBuffer<ffi::F32> dw_ih,
+                       ffi::ResultBuffer<ffi::F32> dw_hh, ffi::ResultBuffer<ffi::F32> db_ih,
+                       ffi::ResultBuffer<ffi::F32> db_hh) {
+  if (xs.dimensions().size() != 3) {
+    return ffi::Error::InvalidArgument("jrnn recurrence: xs: expected rank 3 (T, B, D), got " +
+                                       Shape(xs.dimensions()));
   }
+  const auto x = xs.dimensions();
   Dims d;
-  JRNN_CHECK(MakeDims(cell, reverse, g[0], g[1] / wd[0], 0, wd, &d));
-  const int64_t T = d.steps, R = d.rows, H = d.hidden;
+  JRNN_CHECK(MakeDims(cell, reverse, x[0], x[1], x[2], w.dimensions(), &d));
+  const int64_t T = d.steps, R = d.rows, H = d.hidden, k = d.dirs;
   const bool gated = d.gates > 1;
-  JRNN_CHECK(Expect("dgx", g, {T, R, d.gh()}));
+  JRNN_CHECK(Expect("dgx", dgx->dimensions(), {T, R, d.gh()}));
   JRNN_CHECK(Expect("h0", h0.dimensions(), {R, H}));
   JRNN_CHECK(Expect("c0", c0.dimensions(), {R, H}));
   JRNN_CHECK(Expect("mask", mask.dimensions(), {T, d.batch}));
@@ -436,12 +447,14 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
                    : Expect("aux", aux.dimensions(), {1}));
   JRNN_CHECK(gated ? Expect("act", act.dimensions(), {T, R, d.gh()})
                    : Expect("act", act.dimensions(), {1}));
-  JRNN_CHECK(cell == kGru ? Expect("drec", drec->dimensions(), {T, R, H})
-                          : Expect("drec", drec->dimensions(), {1}));
   JRNN_CHECK(Expect("dhn", dhn.dimensions(), {R, H}));
   JRNN_CHECK(Expect("dcn", dcn.dimensions(), {R, H}));
   JRNN_CHECK(Expect("dh0", dh0->dimensions(), {R, H}));
   JRNN_CHECK(Expect("dc0", dc0->dimensions(), {R, H}));
+  JRNN_CHECK(Expect("dw_ih", dw_ih->dimensions(), {k, d.gh(), d.input}));
+  JRNN_CHECK(Expect("dw_hh", dw_hh->dimensions(), {k, d.gh(), H}));
+  JRNN_CHECK(Expect("db_ih", db_ih->dimensions(), {k, d.gh()}));
+  JRNN_CHECK(Expect("db_hh", db_hh->dimensions(), {k, d.gh()}));
   Floats scratch = Allocate(cell == kGru ? 2 * R * d.gh() : 1);
   // dh0 and dc0 hold the carry's cotangent as the loop goes back, starting from the final one
   Put(dh0->typed_data(), dhn.typed_data(), R * H);
@@ -452,6 +465,7 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
   }
   const Backward bw{d,
                     w.typed_data(),
+                    xs.typed_data(),
                     h0.typed_data(),
                     c0.typed_data(),
                     mask.typed_data(),
@@ -460,14 +474,16 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
                     act.typed_data(),
                     dhs.typed_data(),
                     dgx->typed_data(),
-                    drec->typed_data(),
                     dh0->typed_data(),
                     dc0->typed_data(),
-                    {scratch.get(), scratch.get() + (cell == kGru ? R * d.gh() : 0)}};
+                    {scratch.get(), scratch.get() + (cell == kGru ? R * d.gh() : 0)},
+                    dw_ih->typed_data(),
+                    dw_hh->typed_data(),
+                    db_ih->typed_data(),
+                    db_hh->typed_data()};
   selected->backward(bw);
   return ffi::Error::Success();
 }
-
 
 }  // namespace
 }  // namespace jrnn
@@ -492,6 +508,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceForward, jrnn::ForwardFfi,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceBackward, jrnn::BackwardFfi,
                               xla::ffi::Ffi::Bind()
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // w
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // xs
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // h0
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // c0
                                   .Arg<xla::ffi::Buffer<xla::ffi::U8>>()   // mask
@@ -504,9 +521,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceBackward, jrnn::BackwardFfi,
                                   .Attr<int32_t>("cell")
                                   .Attr<int32_t>("reverse")
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dgx
-                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // drec
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dh0
-                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>());  // dc0
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dc0
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dw_ih
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dw_hh
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // db_ih
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>());  // db_hh
 
 // For jrnn.methods.compiled: the instruction set the handlers run ("avx512", "avx2" or
 // "baseline"), the sets this CPU runs, and the choice of one (what JRNN_ISA names).

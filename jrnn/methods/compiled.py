@@ -291,51 +291,26 @@ def _layer_bwd(code, bits, residuals, cotangents):
     dhs, carry = cotangents
     dhn = carry[0]
     dcn = carry[1] if code == _CODES["LSTM"] else dhn  # read for LSTM only
-    k, gh, hidden = w_hh.shape
+    k, gh = w_hh.shape[:2]
     steps, rows = hs.shape[:2]
-    batch, d = rows // k, xs.shape[-1]
-    gru = code == _CODES["GRU"]
+    like = lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32)  # noqa: E731
     outputs = (
         jax.ShapeDtypeStruct((steps, rows, gh), jnp.float32),
-        jax.ShapeDtypeStruct((steps, rows, hidden), jnp.float32) if gru else _dummy(),
-        jax.ShapeDtypeStruct(h0.shape, jnp.float32),
-        jax.ShapeDtypeStruct(h0.shape, jnp.float32),
-    )
-    # dgx takes over act's buffer (RNN: dhs's), GRU's drec aux's: each is read before written
-    aliases = {6: 0, 5: 1} if gru else {6: 0} if code == _CODES["LSTM"] else {7: 0}
+        like(h0), like(h0), like(w_ih), like(w_hh),
+        jax.ShapeDtypeStruct((k, gh), jnp.float32), jax.ShapeDtypeStruct((k, gh), jnp.float32),
+    )  # fmt: skip
+    # dgx takes over act's buffer (RNN: dhs's): each is read before written
+    aliases = {7: 0} if code in (_CODES["LSTM"], _CODES["GRU"]) else {8: 0}
     call = jax.ffi.ffi_call(
         "jrnn_recurrence_bwd", outputs, vmap_method="sequential", input_output_aliases=aliases
     )
-    dgx, drec, dh0, dc0 = call(
-        w_hh, h0, c0, keep, hs, aux, act, dhs, dhn, dcn,
+    dgx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = call(
+        w_hh, xs, h0, c0, keep, hs, aux, act, dhs, dhn, dcn,
         cell=np.int32(code), reverse=np.int32(bits),
     )  # fmt: skip
-    # the recurrent half's cotangent: for GRU, n's block is r * (W_hn h + b_hn)'s
-    dgh = jnp.concatenate([dgx[..., : 2 * hidden], drec], -1) if gru else dgx
-    dgx = dgx.reshape(steps * batch, k, gh)
-    dgh = dgh.reshape(steps * batch, k, gh)
-    x = xs.reshape(steps * batch, d)
-    dx = (dgx.reshape(-1, k * gh) @ w_ih.reshape(k * gh, d)).reshape(xs.shape)
-    hs = hs.reshape(steps, batch, k, hidden)
-    h0 = h0.reshape(k, 1, batch, hidden)
-    # Weight gradients, summed over steps and batch: [dW_ih | dW_hh] = dgx^T [x | h_prev] as one
-    # matmul where dgx is dgh (all but GRU), computed transposed, which reads dgx as it lies (XLA
-    # copies a transposed operand first): the LSTM train step ran 13% faster than with the two
-    # matmuls of autodiff.
-    dw_ih, dw_hh = [], []
-    for j in range(k):
-        h_prev = (hs[1:, :, j], h0[j]) if bits >> j & 1 else (h0[j], hs[:-1, :, j])
-        h_prev = jnp.concatenate(h_prev).reshape(-1, hidden)
-        if gru:
-            dw_ih.append((x.T @ dgx[:, j]).T)
-            dw_hh.append((h_prev.T @ dgh[:, j]).T)
-        else:
-            both = (jnp.concatenate([x, h_prev], axis=1).T @ dgx[:, j]).T
-            dw_ih.append(both[:, :d])
-            dw_hh.append(both[:, d:])
-    db_ih = dgx.sum(axis=0)
-    db_hh = dgh.sum(axis=0) if gru else db_ih
-    return dx, jnp.stack(dw_ih), db_ih, jnp.stack(dw_hh), db_hh, dh0, dc0, None
+    # the input's gradient, summed over directions: one matmul over all steps
+    dx = dgx.reshape(steps * rows // k, k * gh) @ w_ih.reshape(k * gh, xs.shape[-1])
+    return dx.reshape(xs.shape), dw_ih, db_ih, dw_hh, db_hh, dh0, dc0, None
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)
