@@ -6,9 +6,10 @@ register-tiled matmul over weights packed once per call, ``x_t @ W_ih^T`` and
 ``h_{t-1} @ W_hh^T`` into the same tiles (no `(T, B, G*H)` array of projected inputs), the gate
 math in the same pass, units of 32 hidden units by 16 rows shared out among the cores each step
 (each thread pinned to a core of its own for the call), one barrier per step. A forward pass
-with no backward pass after it writes no gate activations. What stays in XLA is what XLA does
-well, the large matmuls after the backward loop: the input's gradient and the weight gradients,
-``[dW_ih | dW_hh] = sum_t dgates_t^T [x_t | h_{t-1}]``.
+with no backward pass after it writes no gate activations. The backward call adds each step's
+part of the weight and bias gradients, ``[dW_hh | dW_ih] += dgates_t^T [h_{t-1} | x_t]``, while
+that step's gate cotangents are in cache (each panel of weights' gradients owned by one thread);
+what stays in XLA is one large matmul after the backward loop, the input's gradient.
 
 It runs a layer only when the cell declares a kernel identity (``Cell.kernel``) that this module
 has and the cell is the built-in record of that kernel; :func:`unsupported` says why not
