@@ -57,13 +57,15 @@ def test_forward_flops_counts_every_layer_and_direction(bench):
     assert forward_flops(configs["rnn"]) == 2 * 128 * 32 * 256 * (128 + 256)
 
 
-def test_round_robin_runs_every_task_once_per_rep_in_rotating_order(bench):
+def test_round_robin_runs_every_task_twice_per_rep_in_rotating_order(bench):
     calls = []
     tasks = {task: (lambda task=task: calls.append(task)) for task in ("a", "b", "c")}
     runs = bench.run.round_robin(tasks, reps=4, warmup=1)
     assert {task: len(times) for task, times in runs.items()} == {"a": 4, "b": 4, "c": 4}
-    reps = [calls[i : i + 3] for i in range(3, 15, 3)]  # after the warm-up round
-    assert all(sorted(rep) == ["a", "b", "c"] for rep in reps)
+    assert len(calls) == 3 + 4 * 6
+    reps = [calls[i : i + 6] for i in range(3, 27, 6)]  # after the warm-up round
+    # each task twice in a row (the second call is the timed one), every task once per rep
+    assert all(rep[0::2] == rep[1::2] and sorted(rep[0::2]) == ["a", "b", "c"] for rep in reps)
     assert [rep[0] for rep in reps] == ["a", "b", "c", "a"]
 
 

@@ -403,7 +403,8 @@ def test_long_sequence_trains_with_remat_in_bounded_memory(name):
         for remat in (SOAK_REMAT, None)
     }
     temp = {remat: analysis.temp_size_in_bytes for remat, analysis in temp.items()}
-    assert temp[SOAK_REMAT] < SOAK_TEMP_BOUND and temp[SOAK_REMAT] < SOAK_TEMP_RATIO * temp[None], temp
+    assert temp[SOAK_REMAT] < SOAK_TEMP_BOUND, temp
+    assert temp[SOAK_REMAT] < SOAK_TEMP_RATIO * temp[None], temp
     losses = []
     for _ in range(3):
         params, opt_state, loss, grad_norm = step(params, opt_state, x, y, SOAK_REMAT)
