@@ -374,11 +374,13 @@ struct BackwardSteps : Backward {
           Gather(gr + b * kPanel, dgh[s & 1] + d.CarryRow(b, j) * gh + g * h + it.u0, it.nu);
         }
       }
-      for (int v = 0; v < kPanel; v += kLanes) {
+      for (int v = 0; v < kPanel; v += kLanes) {  // bias sums: b_hh's differ only where gr does
         vf sx = Load(bias_ih + g * kPanel + v), sr = Load(bias_hh + g * kPanel + v);
-        for (int64_t b = 0; b < batch; ++b) {
-          sx += Load(gx + b * kPanel + v);
-          sr += Load(gr + b * kPanel + v);
+        for (int64_t b = 0; b < batch; ++b) sx += Load(gx + b * kPanel + v);
+        if (apart) {
+          for (int64_t b = 0; b < batch; ++b) sr += Load(gr + b * kPanel + v);
+        } else {
+          sr = sx;
         }
         Store(bias_ih + g * kPanel + v, sx);
         Store(bias_hh + g * kPanel + v, sr);

@@ -33,15 +33,14 @@
 // buffer and its cache misses per LSTM layer and call.
 //
 // Work split: a work item is (direction, panel of 32 hidden units); a unit of work is an item's
-// block of up to 16 sequences of the batch. In the backward pass an item's weight gradients
-// belong to one thread, which adds each step's part, sum_b [h_prev | x]^T dg, to them in
-// registers and cache, so no (T, B, G*H) array is read again after the loop and no
-// [x | h_prev] array is formed. Its thread computes the unit's gate columns of the
+// block of up to 16 sequences of the batch. Its thread computes the unit's gate columns of the
 // recurrent matmul and, in the forward pass, of the input projection (a register-tiled kernel
 // over weights packed once per call; no (T, R, G*H) array of projected inputs) and the
 // elementwise gate math of those units, so each step needs a single barrier: all of h (forward)
 // or of the gate cotangents (backward) must be written before any thread starts the next step's
-// matmul.
+// matmul. In the backward pass an item's weight gradients belong to one thread, which adds each
+// step's part, sum_b [h_prev | x]^T dg, to them while that step is in cache, so no (T, B, G*H)
+// array is read again after the loop and no [x | h_prev] array is formed.
 // Units are handed out per step as in common.h's Team (own share first, then help). What a
 // unit computes is in loops.h, compiled once per instruction set (see "The loops" below).
 

@@ -294,13 +294,10 @@ def _layer_bwd(code, bits, residuals, cotangents):
     dcn = carry[1] if code == _CODES["LSTM"] else dhn  # read for LSTM only
     k, gh = w_hh.shape[:2]
     steps, rows = hs.shape[:2]
-    like = lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32)  # noqa: E731
-    outputs = (
-        jax.ShapeDtypeStruct((steps, rows, gh), jnp.float32),
-        like(h0), like(h0), like(w_ih), like(w_hh),
-        jax.ShapeDtypeStruct((k, gh), jnp.float32), jax.ShapeDtypeStruct((k, gh), jnp.float32),
-    )  # fmt: skip
-    # dgx takes over act's buffer (RNN: dhs's): each is read before written
+    # dgx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
+    shapes = ((steps, rows, gh), h0.shape, h0.shape, w_ih.shape, w_hh.shape, (k, gh), (k, gh))
+    outputs = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
+    # dgx takes over act's buffer (RNN: dhs's): it is read before written
     aliases = {7: 0} if code in (_CODES["LSTM"], _CODES["GRU"]) else {8: 0}
     call = jax.ffi.ffi_call(
         "jrnn_recurrence_bwd", outputs, vmap_method="sequential", input_output_aliases=aliases
