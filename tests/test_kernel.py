@@ -51,10 +51,11 @@ def test_library_is_built_and_registered():
     assert kernel.available(), kernel.load_error()
 
 
-def _loss_and_grads(spec, params, x, h0, lengths, use_kernel):
+def _loss_and_grads(spec, params, x, h0, lengths, use_kernel, matmul_dtype=None):
     def loss(params, x, h0):
+        method = "compiled" if use_kernel else "scan"
         out, h_n = spec.apply(
-            params, x, h0, lengths=lengths, method="compiled" if use_kernel else "scan"
+            params, x, h0, lengths=lengths, method=method, matmul_dtype=matmul_dtype
         )
         leaves = jax.tree.leaves(h_n)
         value = jnp.sum(out * jnp.cos(out)) + sum(jnp.sum(a * jnp.sin(a)) for a in leaves)
@@ -113,6 +114,57 @@ def test_compiled_equals_scan_on_all_cores(name, hidden):
     jax.tree.map(close, compiled, scan)
 
 
+@pytest.mark.parametrize(
+    ("name", "hidden", "batch", "bidirectional", "padded", "steps", "layers"),
+    [
+        ("lstm", 33, 19, True, True, 7, 2),
+        ("gru", 40, 5, True, False, 7, 1),
+        ("rnn_tanh", 32, 16, False, True, 7, 1),
+        ("lstm", 136, 32, True, False, 64, 1),  # over 400 MFLOP: on every core
+    ],
+)
+def test_bfloat16_compiled_equals_bfloat16_scan(
+    name, hidden, batch, bidirectional, padded, steps, layers
+):
+    """``matmul_dtype=jnp.bfloat16``: both paths round the same operands (x_t, h_{t-1}, the
+    weights, the gates' cotangents) and sum in float32. One layer agrees to float32 rounding
+    (1e-7 of the largest entry); deeper, an operand that float32 rounding moves across a
+    bfloat16 rounding boundary moves by one bf16 step (2^-8): measured up to 1e-3 here, as
+    much as the scan path itself moves when its weights are scaled by 1 + 2e-7. Both stay
+    within bf16 error of the float32 result."""
+    spec = SPECS[name](6, hidden, num_layers=layers, bidirectional=bidirectional)
+    params = spec.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (batch, steps, 6))
+    carries = layers * spec.num_directions
+    h0 = 0.5 * jax.random.normal(jax.random.key(2), (carries, batch, hidden))
+    if name == "lstm":
+        h0 = (h0, jax.random.normal(jax.random.key(3), (carries, batch, hidden)))
+    lengths = None
+    if padded:
+        lengths = jax.random.randint(jax.random.key(4), (batch,), 1, steps + 1).at[0].set(steps)
+    bf16 = jnp.bfloat16
+    compiled = _loss_and_grads(spec, params, x, h0, lengths, True, bf16)
+    scan = _loss_and_grads(spec, params, x, h0, lengths, False, bf16)
+    exact = _loss_and_grads(spec, params, x, h0, lengths, False)
+
+    def near(actual, desired, tolerance):
+        scale = max(1.0, float(np.max(np.abs(desired))))
+        assert actual.dtype == jnp.float32
+        assert float(np.max(np.abs(actual - desired))) <= tolerance * scale
+
+    jax.tree.map(lambda a, b: near(a, b, 2e-3), compiled, scan)
+    jax.tree.map(lambda a, b: near(a, b, 3e-2), compiled, exact)
+    # rounded for real: off float32 by far more than float32 rounding
+    out, exact_out = compiled[0][1][0], exact[0][1][0]
+    assert float(np.max(np.abs(out - exact_out))) > 1e-4
+    forward = jax.jit(
+        lambda p, method: spec.apply(p, x, h0, lengths=lengths, method=method, matmul_dtype=bf16),
+        static_argnums=1,
+    )
+    compiled_forward, scan_forward = forward(params, "compiled"), forward(params, "scan")
+    jax.tree.map(lambda a, b: near(a, b, 2e-3), compiled_forward, scan_forward)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
 def test_threads_get_their_cpu_sets_back_after_a_call():
     """A call on every core pins its threads to one core each for its duration only."""
@@ -157,7 +209,8 @@ def test_default_uses_the_compiled_path_where_it_applies():
 
     assert "jrnn_recurrence_fwd" in hlo()
     assert "jrnn_recurrence_fwd" not in hlo(method="scan")
-    assert "jrnn_recurrence_fwd" not in hlo(matmul_dtype=jnp.bfloat16)
+    assert "jrnn_recurrence_fwd" in hlo(matmul_dtype=jnp.bfloat16)
+    assert "jrnn_recurrence_fwd" not in hlo(matmul_dtype=jnp.float16)
 
 
 def test_method_compiled_says_why_it_cannot_run():
@@ -166,8 +219,8 @@ def test_method_compiled_says_why_it_cannot_run():
     with pytest.raises(ValueError, match=r"'compiled' cannot run this layer: .*projection"):
         lstm.apply(lstm.init(jax.random.key(0)), x, method="compiled")
     gru = jrnn.GRU(3, 8)
-    with pytest.raises(ValueError, match=r"'compiled' cannot run this layer: .*mixed precision"):
-        gru.apply(gru.init(jax.random.key(0)), x, method="compiled", matmul_dtype=jnp.bfloat16)
+    with pytest.raises(ValueError, match=r"'compiled' cannot run this layer: .*bfloat16 only"):
+        gru.apply(gru.init(jax.random.key(0)), x, method="compiled", matmul_dtype=jnp.float16)
     with pytest.raises(ValueError, match=r"'compiled' cannot run this layer: .*float32 only"):
         gru.apply(
             gru.init(jax.random.key(0), jnp.bfloat16), x.astype(jnp.bfloat16), method="compiled"

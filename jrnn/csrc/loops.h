@@ -10,6 +10,7 @@
 // include guard.
 
 using vi = int32_t __attribute__((vector_size(sizeof(vf))));
+using vu = uint32_t __attribute__((vector_size(sizeof(vf))));
 
 constexpr int kVectors = kPanel / kLanes;  // vectors per row of a panel
 
@@ -48,6 +49,21 @@ inline vf Exp(vf x) {
   p = p * r * r + r + Splat(1.0f);
   vi e = (__builtin_convertvector(n, vi) + 127) << 23;
   return p * __builtin_bit_cast(vf, e);
+}
+
+// x rounded to the nearest bfloat16 (ties to even), as a float: what XLA's conversion to
+// bfloat16 and back gives, NaN kept.
+inline vf Bf16(vf x) {
+  vu bits = __builtin_bit_cast(vu, x);
+  bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+  return x == x ? __builtin_bit_cast(vf, bits) : x;
+}
+
+// dst[0, n) = Bf16(src[0, n)).
+inline void RoundBf16(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) Store(dst + i, Bf16(Load(src + i)));
+  for (; i < n; ++i) dst[i] = Bf16(Splat(src[i]))[0];
 }
 
 inline vf Sigmoid(vf x) { return Reciprocal(Splat(1.0f) + Exp(-x)); }
@@ -159,10 +175,12 @@ struct ForwardSteps : Forward {
   // the gate math. packed: the item's weights (PackForward); tiles: (Tiles(d), kUnitRows, 32).
   void Step(int64_t s, const Unit& u, const float* packed, float* tiles) const {
     const int64_t h = d.hidden, in = d.input, j = u.it.dir, stride = kUnitRows * kPanel;
-    // h_prev of the unit's sequences: rows of h0 (stride H) or of hs (stride k*H)
-    const float* hprev = s == 0 ? h0 + d.CarryRow(u.b0, j) * h
-                                : hs + (d.Time(s - 1, j) * d.rows + d.Row(u.b0, j)) * h;
-    const int64_t lda = s == 0 ? h : d.dirs * h;
+    // h_prev of the unit's sequences: rows of h0 (stride H) or of hs (stride k*H); with bf16
+    // the rounded copy, by step parity (h0's is the odd one)
+    const float* hprev = hm        ? hm + (((s + 1) & 1) * d.rows + d.Row(u.b0, j)) * h
+                         : s == 0 ? h0 + d.CarryRow(u.b0, j) * h
+                                  : hs + (d.Time(s - 1, j) * d.rows + d.Row(u.b0, j)) * h;
+    const int64_t lda = s == 0 && hm == nullptr ? h : d.dirs * h;
     const float* x = xs + (d.Time(s, j) * d.batch + u.b0) * in;
     if (s + 1 < d.steps) Prefetch(s, u);
     for (int64_t g = 0; g < d.gates; ++g) {
@@ -185,7 +203,7 @@ struct ForwardSteps : Forward {
     const bool keep = mask[time * d.batch + seq] != 0, lstm = d.cell == kLstm;
     Lanes lanes(it.nu);
     const float *bias_i[4], *bias_h[4], *cp = nullptr;
-    float *aux_out = nullptr, *a_out[4] = {};
+    float *aux_out = nullptr, *a_out[4] = {}, *hm_out = nullptr;
     for (int64_t g = 0; g < d.gates; ++g) {
       bias_i[g] = lanes.In(b_ih + it.dir * gh + g * h + it.u0);
       bias_h[g] = lanes.In(b_hh + it.dir * gh + g * h + it.u0);
@@ -193,6 +211,7 @@ struct ForwardSteps : Forward {
     const float* hp = lanes.In(Carry(d, h0, hs, s, seq, it));
     if (lstm) cp = lanes.In(Carry(d, c0, aux, s, seq, it));
     float* h_out = lanes.Out(hs + at * h + it.u0);
+    if (hm != nullptr) hm_out = lanes.Out(hm + ((s & 1) * d.rows + d.Row(seq, it.dir)) * h + it.u0);
     if (d.gates > 1) aux_out = lanes.Out(aux + at * h + it.u0);
     if (act != nullptr) {
       for (int64_t g = 0; g < d.gates; ++g) a_out[g] = lanes.Out(act + at * gh + g * h + it.u0);
@@ -232,6 +251,7 @@ struct ForwardSteps : Forward {
         y = d.cell == kRnnTanh ? Tanh(pre(0)) : Max(pre(0), vf{});
       }
       Store(h_out + v, keep ? y : hv);
+      if (hm_out != nullptr) Store(hm_out + v, Bf16(keep ? y : hv));
     }
     lanes.Flush();
   }
@@ -251,6 +271,12 @@ void RunForward(const Forward& forward) {
   team.Run([&](int me) {
     for (int64_t i = me; i < items; i += team.threads()) {
       PackForward(d, f.w_hh, f.w_ih, ItemAt(d, i), packed.get() + i * per_item);
+    }
+    if (f.hm != nullptr) {  // h0 rounded, where step 0 reads h_prev
+      for (int64_t r = me; r < d.rows; r += team.threads()) {
+        const int64_t j = r / d.batch, b = r % d.batch;  // r = CarryRow(b, j)
+        RoundBf16(f.hm + (d.rows + d.Row(b, j)) * d.hidden, f.h0 + r * d.hidden, d.hidden);
+      }
     }
     team.Sync();
     float* tile = tiles.get() + me * per_team;
@@ -283,7 +309,7 @@ struct BackwardSteps : Backward {
     Lanes lanes(it.nu);
     // As in the forward pass, every input is read before any output is written, lane by lane.
     const float *a[4] = {}, *c = nullptr, *cp = nullptr, *dc_in = nullptr;
-    float *dgx_out[4], *dgh_out[4] = {}, *dc_out = nullptr;
+    float *dgx_out[4], *dgh_out[4] = {}, *dgm_out[4] = {}, *dc_out = nullptr;
     const float* g_h_in = lanes.In(dhs + at * h + it.u0);
     const float* dh_in = lanes.In(dh + carry);
     if (lstm) {
@@ -302,17 +328,22 @@ struct BackwardSteps : Backward {
     for (int64_t g = 0; g < d.gates; ++g) {
       dgx_out[g] = lanes.Out(dgx + at * gh + g * h + it.u0);
       if (gru) dgh_out[g] = lanes.Out(dgh[s & 1] + row * gh + g * h + it.u0);
+      if (dgm[0] != nullptr) dgm_out[g] = lanes.Out(dgm[s & 1] + row * gh + g * h + it.u0);
     }
     float* dh_out = lanes.Out(dh + carry);
     if (lstm) dc_out = lanes.Out(dc + carry);
     const vf one = Splat(1.0f);
     for (int v = 0; v < kPanel; v += kLanes) {
+      // gate g's cotangent: gx of the input half, gr of the recurrent half (they differ only in
+      // GRU's n gate), and with bf16 gr rounded for the recurrent matmul
+      auto put = [&](int g, vf gx, vf gr) {
+        Store(dgx_out[g] + v, gx);
+        if (gru) Store(dgh_out[g] + v, gr);
+        if (dgm_out[g] != nullptr) Store(dgm_out[g] + v, Bf16(gr));
+      };
       const vf g_h = Load(g_h_in + v) + Load(dh_in + v);
       if (!keep) {
-        for (int64_t g = 0; g < d.gates; ++g) {
-          Store(dgx_out[g] + v, vf{});
-          if (gru) Store(dgh_out[g] + v, vf{});
-        }
+        for (int g = 0; g < d.gates; ++g) put(g, vf{}, vf{});
         Store(dh_out + v, g_h);
         if (lstm) Store(dc_out + v, Load(dc_in + v));
         continue;
@@ -321,10 +352,12 @@ struct BackwardSteps : Backward {
         const vf ig = Load(a[0] + v), fg = Load(a[1] + v), gg = Load(a[2] + v);
         const vf og = Load(a[3] + v), tc = Tanh(Load(c + v));
         const vf g_c = Load(dc_in + v) + g_h * og * (one - tc * tc);
-        Store(dgx_out[0] + v, g_c * gg * ig * (one - ig));
-        Store(dgx_out[1] + v, g_c * Load(cp + v) * fg * (one - fg));
-        Store(dgx_out[2] + v, g_c * ig * (one - gg * gg));
-        Store(dgx_out[3] + v, g_h * tc * og * (one - og));
+        const vf di = g_c * gg * ig * (one - ig), df = g_c * Load(cp + v) * fg * (one - fg);
+        const vf dg = g_c * ig * (one - gg * gg), dout = g_h * tc * og * (one - og);
+        put(0, di, di);
+        put(1, df, df);
+        put(2, dg, dg);
+        put(3, dout, dout);
         Store(dh_out + v, vf{});
         Store(dc_out + v, g_c * fg);
       } else if (gru) {
@@ -332,36 +365,45 @@ struct BackwardSteps : Backward {
         const vf hhn = Load(a[3] + v), hp = Load(c + v);
         const vf dn = g_h * (one - zg) * (one - ng * ng);
         const vf dr = dn * hhn * rg * (one - rg), dz = g_h * (hp - ng) * zg * (one - zg);
-        Store(dgx_out[0] + v, dr);
-        Store(dgx_out[1] + v, dz);
-        Store(dgx_out[2] + v, dn);
-        Store(dgh_out[0] + v, dr);
-        Store(dgh_out[1] + v, dz);
-        Store(dgh_out[2] + v, dn * rg);
+        put(0, dr, dr);
+        put(1, dz, dz);
+        put(2, dn, dn * rg);
         Store(dh_out + v, g_h * zg);
       } else {
         const vf hn = Load(c + v);
-        Store(dgx_out[0] + v,
-              d.cell == kRnnTanh ? g_h * (one - hn * hn) : (hn > vf{} ? g_h : vf{}));
+        const vf dg = d.cell == kRnnTanh ? g_h * (one - hn * hn) : (hn > vf{} ? g_h : vf{});
+        put(0, dg, dg);
         Store(dh_out + v, vf{});
       }
     }
     lanes.Flush();
   }
 
-  // Adds step s's part to an item's weight and bias gradients, sum_b [h_prev | x_s]^T dg_s.
-  // grads: the item's (G, H + D, 32) panels of [dW_hh | dW_ih]^T (row kk < H: hidden unit kk,
-  // then input feature kk - H; column c: gate row g*H + u0 + c), then its bias sums (2, G, 32),
-  // b_ih's then b_hh's. gather: (2, B, 32) scratch for the item's columns of dg_s.
-  void AddWeights(int64_t s, const Item& it, float* grads, float* gather) const {
+  // h_prev of direction j's sequences at step s, the left operand of its weight gradients:
+  // rows of h0 (stride H) or of hs (stride k*H); with bf16 rounded into `buffer` (B, H).
+  const float* HPrev(int64_t s, int64_t j, float* buffer, int64_t* ldh) const {
+    const int64_t h = d.hidden;
+    const float* hprev = s == 0 ? h0 + d.CarryRow(0, j) * h
+                                : hs + (d.Time(s - 1, j) * d.rows + d.Row(0, j)) * h;
+    *ldh = s == 0 ? h : d.dirs * h;
+    if (!d.bf16) return hprev;
+    for (int64_t b = 0; b < d.batch; ++b) RoundBf16(buffer + b * h, hprev + b * *ldh, h);
+    *ldh = h;
+    return buffer;
+  }
+
+  // Adds step s's part to an item's weight and bias gradients, sum_b [h_prev | x_s]^T dg_s,
+  // hprev as HPrev gives it. grads: the item's (G, H + D, 32) panels of [dW_hh | dW_ih]^T (row
+  // kk < H: hidden unit kk, then input feature kk - H; column c: gate row g*H + u0 + c), then
+  // its bias sums (2, G, 32), b_ih's then b_hh's. gather: (2, B, 32) scratch for the item's
+  // columns of dg_s. With bf16 the bias sums take dg_s as it is, the matmuls dg_s rounded, and
+  // the item's columns of dgx are left rounded too, for the input's gradient.
+  void AddWeights(int64_t s, const Item& it, const float* hprev, int64_t ldh, float* grads,
+                  float* gather) const {
     const int64_t h = d.hidden, in = d.input, gh = d.gh(), j = it.dir, batch = d.batch;
     const int64_t time = d.Time(s, j);
     const bool gru = d.cell == kGru;
-    // h_prev of all sequences: rows of h0 (stride H) or of hs (stride k*H); x_s: rows of xs
-    const float* hprev = s == 0 ? h0 + d.CarryRow(0, j) * h
-                                : hs + (d.Time(s - 1, j) * d.rows + d.Row(0, j)) * h;
-    const int64_t ldh = s == 0 ? h : d.dirs * h;
-    const float* x = xs + time * batch * in;
+    const float* x = xs + time * batch * in;  // x_s: rows of xs
     float* bias_ih = grads + d.gates * (h + in) * kPanel;
     float* bias_hh = bias_ih + d.gates * kPanel;
     for (int64_t g = 0; g < d.gates; ++g) {
@@ -384,6 +426,12 @@ struct BackwardSteps : Backward {
         }
         Store(bias_ih + g * kPanel + v, sx);
         Store(bias_hh + g * kPanel + v, sr);
+      }
+      if (d.bf16) {
+        RoundBf16(gather, gather, (apart ? 2 : 1) * batch * kPanel);
+        for (int64_t b = 0; b < batch; ++b) {
+          Put(dgx + (time * d.rows + d.Row(b, j)) * gh + g * h + it.u0, gx + b * kPanel, it.nu);
+        }
       }
       float* panel = grads + g * (h + in) * kPanel;
       Matmul<true, true>(h, hprev, ldh, gr, batch, panel);
@@ -411,11 +459,13 @@ struct BackwardSteps : Backward {
   // Adds the recurrent matmul's part, dgh_s @ w, to the unit's block of dh.
   void AddRecurrent(int64_t s, const Unit& u, const float* packed, float* tile) const {
     const int64_t h = d.hidden, gh = d.gh(), nu = u.it.nu, j = u.it.dir;
-    // the unit's rows of dgh: GRU's scratch (k*B, G*H), else dgx (T, R, G*H)
-    const bool gru = d.cell == kGru;
-    const float* a = gru ? dgh[s & 1] + d.CarryRow(u.b0, j) * gh
-                         : dgx + (d.Time(s, j) * d.rows + d.Row(u.b0, j)) * gh;
-    Matmul<false>(u.m, a, gru ? gh : d.dirs * gh, packed, gh, tile);
+    // the unit's rows of dgh: with bf16 the rounded scratch (k*B, G*H), for GRU its own
+    // scratch (k*B, G*H), else dgx (T, R, G*H)
+    const bool scratch = d.cell == kGru || dgm[0] != nullptr;
+    const float* rec = dgm[0] != nullptr ? dgm[s & 1] : dgh[s & 1];
+    const float* a = scratch ? rec + d.CarryRow(u.b0, j) * gh
+                             : dgx + (d.Time(s, j) * d.rows + d.Row(u.b0, j)) * gh;
+    Matmul<false>(u.m, a, scratch ? gh : d.dirs * gh, packed, gh, tile);
     for (int i = 0; i < u.m; ++i) {
       float* dst = dh + d.CarryRow(u.b0 + i, j) * h + u.it.u0;
       const float* src = tile + i * kPanel;
@@ -442,6 +492,8 @@ void RunBackward(const Backward& backward) {
   Floats grads = Allocate(items * per_grads);
   Floats tiles = Allocate(team.threads() * kUnitRows * kPanel);
   Floats gathered = Allocate(team.threads() * per_gather);
+  const int64_t per_hprev = d.bf16 ? d.batch * d.hidden : 0;
+  Floats hprevs = Allocate(team.threads() * per_hprev);
   team.Run([&](int me) {
     // an item's weight gradients are its owner's: the worker that packs its weights
     for (int64_t i = me; i < items; i += team.threads()) {
@@ -457,8 +509,12 @@ void RunBackward(const Backward& backward) {
     for (int64_t t = T - 1; t >= 0; --t) {
       // first the weight gradients of step t, owner by owner, then the shared units, which
       // even out what the owners' shares leave uneven
-      for (int64_t i = me; i < items; i += team.threads()) {
-        bw.AddWeights(t, ItemAt(d, i), grads.get() + i * per_grads, gather);
+      const float* hprev = nullptr;
+      int64_t ldh = 0;
+      for (int64_t i = me, dir = -1; i < items; i += team.threads()) {
+        const Item it = ItemAt(d, i);
+        if (it.dir != dir) hprev = bw.HPrev(t, dir = it.dir, hprevs.get() + me * per_hprev, &ldh);
+        bw.AddWeights(t, it, hprev, ldh, grads.get() + i * per_grads, gather);
       }
       team.ForEach(me, step++, [&](int64_t index) {
         const Unit u = UnitAt(d, index);

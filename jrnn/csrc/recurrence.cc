@@ -17,14 +17,20 @@
 //                 h0, c0 (k*B, H)  initial carry, direction-major (c0 unused but for LSTM)
 //                 mask (T, B) u8   1 where a sequence's step is valid; else the carry is kept
 //           attr: save             1: write act for a backward pass; 0: act is (1,)
+//                 bf16             1: mixed precision (jrnn.cells.mixed_einsum's contract): the
+//                                  caller passes xs, w_ih, w_hh rounded to bfloat16 and the loop
+//                                  rounds each h_{t-1} (and, going back, each gate cotangent)
+//                                  before its matmul; biases, gate math and carries stay float32
 //           out:  hs (T, R, H)     the carry h after every step
 //                 aux (T, R, H)    LSTM: the carry c; GRU: n's recurrent half; RNN: (1,)
 //                 act (T, R, G*H)  LSTM, GRU with save: the gates after their activations;
 //                                  else (1,)
 //   backward in:  w_hh, xs, h0, c0, mask, the forward's outputs; dhs (T, R, H), the cotangent
 //                 of hs; dhn, dcn (k*B, H), those of the final carry (dcn read for LSTM only)
+//           attr: bf16             as in the forward pass (bias gradients from the exact
+//                                  cotangents, weight gradients from the rounded ones)
 //           out:  dgx (T, R, G*H)  cotangent of the gates before their activations (the input
-//                                  half's, for GRU's n gate)
+//                                  half's, for GRU's n gate); with bf16 rounded
 //                 dh0, dc0 (k*B, H) cotangents of h0 and c0 (dc0 zero but for LSTM)
 //                 dw_ih (k, G*H, D), dw_hh (k, G*H, H), db_ih, db_hh (k, G*H)  the weights'
 //                                  and biases' gradients
@@ -66,6 +72,7 @@ struct Dims {
   int32_t cell, reverse;  // reverse: bit j set when direction j runs from the last step back
   int64_t steps, rows, dirs, batch, hidden, gates;
   int64_t input;  // D, the layer's input size
+  bool bf16;      // the matmuls' operands rounded to bfloat16 (products summed in float32)
   int64_t panels() const { return (hidden + kPanel - 1) / kPanel; }
   int64_t gh() const { return gates * hidden; }
   // The time that direction j is at in its step s.
@@ -179,8 +186,8 @@ class Lanes {
  private:
   int64_t n_;
   int used_ = 0, outs_ = 0;
-  alignas(64) float pad_[16][kPanel];
-  std::pair<float*, float*> outputs_[16];
+  alignas(64) float pad_[24][kPanel];
+  std::pair<float*, float*> outputs_[24];
 };
 
 struct Forward {
@@ -189,6 +196,7 @@ struct Forward {
   const uint8_t* mask;
   float *hs, *aux;
   float* act;  // nullptr when the call keeps no gates for a backward pass
+  float* hm;   // with bf16: h rounded, the recurrent matmul's operand (2, R, H) by step parity
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -216,6 +224,7 @@ struct Backward {
   float* dgx;            // may alias act, or dhs (see the FFI handler)
   float *dh, *dc;        // the cotangent of the carry entering the present step
   float* dgh[2];         // GRU: cotangent of the recurrent half (k*B, G*H), by step parity
+  float* dgm[2];         // with bf16: the recurrent half's cotangent rounded (k*B, G*H), ditto
   float *dw_ih, *dw_hh, *db_ih, *db_hh;
 };
 
@@ -343,8 +352,8 @@ std::string Runnable() {
 // FFI handlers.
 
 // Dims of a call of `steps` steps on `batch` sequences of `input` features (0: backward).
-ffi::Error MakeDims(int32_t cell, int32_t reverse, int64_t steps, int64_t batch, int64_t input,
-                    ffi::Span<const int64_t> w, Dims* d) {
+ffi::Error MakeDims(int32_t cell, int32_t reverse, int32_t bf16, int64_t steps, int64_t batch,
+                    int64_t input, ffi::Span<const int64_t> w, Dims* d) {
   if (cell < kRnnTanh || cell > kGru) {
     return ffi::Error::InvalidArgument("jrnn recurrence: cell: expected 0..3, got " +
                                        std::to_string(cell));
@@ -363,7 +372,7 @@ ffi::Error MakeDims(int32_t cell, int32_t reverse, int64_t steps, int64_t batch,
                                        std::to_string(dirs) + " directions, got " +
                                        std::to_string(reverse));
   }
-  *d = Dims{cell, reverse, steps, batch * dirs, dirs, batch, hidden, gates, input};
+  *d = Dims{cell, reverse, steps, batch * dirs, dirs, batch, hidden, gates, input, bf16 != 0};
   return ffi::Error::Success();
 }
 
@@ -374,7 +383,7 @@ ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
                       ffi::Buffer<ffi::F32> b_ih, ffi::Buffer<ffi::F32> w_hh,
                       ffi::Buffer<ffi::F32> b_hh, ffi::Buffer<ffi::F32> h0,
                       ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::U8> mask, int32_t cell,
-                      int32_t reverse, int32_t save, ffi::ResultBuffer<ffi::F32> hs,
+                      int32_t reverse, int32_t save, int32_t bf16, ffi::ResultBuffer<ffi::F32> hs,
                       ffi::ResultBuffer<ffi::F32> aux, ffi::ResultBuffer<ffi::F32> act) {
   if (xs.dimensions().size() != 3) {
     return ffi::Error::InvalidArgument("jrnn recurrence: xs: expected rank 3 (T, B, D), got " +
@@ -382,7 +391,7 @@ ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
   }
   const auto x = xs.dimensions();
   Dims d;
-  JRNN_CHECK(MakeDims(cell, reverse, x[0], x[1], x[2], w_hh.dimensions(), &d));
+  JRNN_CHECK(MakeDims(cell, reverse, bf16, x[0], x[1], x[2], w_hh.dimensions(), &d));
   const int64_t T = d.steps, R = d.rows, H = d.hidden, k = d.dirs;
   const bool gated = d.gates > 1, keep_gates = gated && save != 0;
   JRNN_CHECK(Expect("w_ih", w_ih.dimensions(), {k, d.gh(), d.input}));
@@ -396,6 +405,7 @@ ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
                    : Expect("aux", aux->dimensions(), {1}));
   JRNN_CHECK(keep_gates ? Expect("act", act->dimensions(), {T, R, d.gh()})
                         : Expect("act", act->dimensions(), {1}));
+  Floats rounded = Allocate(d.bf16 ? 2 * R * H : 1);
   const Forward f{d,
                   xs.typed_data(),
                   w_ih.typed_data(),
@@ -407,7 +417,8 @@ ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
                   mask.typed_data(),
                   hs->typed_data(),
                   aux->typed_data(),
-                  keep_gates ? act->typed_data() : nullptr};
+                  keep_gates ? act->typed_data() : nullptr,
+                  d.bf16 ? rounded.get() : nullptr};
   selected->forward(f);
   return ffi::Error::Success();
 }
@@ -423,7 +434,7 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> xs,
                        ffi::Buffer<ffi::F32> aux, ffi::Buffer<ffi::F32> act,
                        ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> dhn,
                        ffi::Buffer<ffi::F32> dcn, int32_t cell, int32_t reverse,
-                       ffi::ResultBuffer<ffi::F32> dgx, ffi::ResultBuffer<ffi::F32> dh0,
+                       int32_t bf16, ffi::ResultBuffer<ffi::F32> dgx, ffi::ResultBuffer<ffi::F32> dh0,
                        ffi::ResultBuffer<ffi::F32> dc0, ffi::ResultBuffer<ffi::F32> dw_ih,
                        ffi::ResultBuffer<ffi::F32> dw_hh, ffi::ResultBuffer<ffi::F32> db_ih,
                        ffi::ResultBuffer<ffi::F32> db_hh) {
@@ -433,7 +444,7 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> xs,
   }
   const auto x = xs.dimensions();
   Dims d;
-  JRNN_CHECK(MakeDims(cell, reverse, x[0], x[1], x[2], w.dimensions(), &d));
+  JRNN_CHECK(MakeDims(cell, reverse, bf16, x[0], x[1], x[2], w.dimensions(), &d));
   const int64_t T = d.steps, R = d.rows, H = d.hidden, k = d.dirs;
   const bool gated = d.gates > 1;
   JRNN_CHECK(Expect("dgx", dgx->dimensions(), {T, R, d.gh()}));
@@ -455,6 +466,7 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> xs,
   JRNN_CHECK(Expect("db_ih", db_ih->dimensions(), {k, d.gh()}));
   JRNN_CHECK(Expect("db_hh", db_hh->dimensions(), {k, d.gh()}));
   Floats scratch = Allocate(cell == kGru ? 2 * R * d.gh() : 1);
+  Floats rounded = Allocate(d.bf16 ? 2 * R * d.gh() : 1);
   // dh0 and dc0 hold the carry's cotangent as the loop goes back, starting from the final one
   Put(dh0->typed_data(), dhn.typed_data(), R * H);
   if (cell == kLstm) {
@@ -476,6 +488,7 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> xs,
                     dh0->typed_data(),
                     dc0->typed_data(),
                     {scratch.get(), scratch.get() + (cell == kGru ? R * d.gh() : 0)},
+                    {d.bf16 ? rounded.get() : nullptr, d.bf16 ? rounded.get() + R * d.gh() : nullptr},
                     dw_ih->typed_data(),
                     dw_hh->typed_data(),
                     db_ih->typed_data(),
@@ -500,6 +513,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceForward, jrnn::ForwardFfi,
                                   .Attr<int32_t>("cell")
                                   .Attr<int32_t>("reverse")
                                   .Attr<int32_t>("save")
+                                  .Attr<int32_t>("bf16")
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // hs
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // aux
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>());  // act
@@ -519,6 +533,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceBackward, jrnn::BackwardFfi,
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // dcn
                                   .Attr<int32_t>("cell")
                                   .Attr<int32_t>("reverse")
+                                  .Attr<int32_t>("bf16")
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dgx
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dh0
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dc0

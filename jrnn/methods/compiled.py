@@ -11,6 +11,11 @@ part of the weight and bias gradients, ``[dW_hh | dW_ih] += dgates_t^T [h_{t-1} 
 that step's gate cotangents are in cache (each panel of weights' gradients owned by one thread);
 what stays in XLA is one large matmul after the backward loop, the input's gradient.
 
+``matmul_dtype=jnp.bfloat16`` runs here too, with :func:`jrnn.cells.mixed_einsum`'s contract:
+``x``, the weights, each ``h_{t-1}`` and in the backward pass each step's gate cotangents are
+rounded to bfloat16 before their matmul, whose exact products are summed in float32 (by the same
+float32 kernel: the rounding is the contract, not a speed-up on CPUs without bf16 units).
+
 It runs a layer only when the cell declares a kernel identity (``Cell.kernel``) that this module
 has and the cell is the built-in record of that kernel; :func:`unsupported` says why not
 otherwise. The library is built by ``pip install`` (see ``setup.py``); where it was not built,
@@ -129,8 +134,8 @@ def unsupported(cell: Cell, params: tuple[Params, ...], xs: Any, options: Option
     dtypes = {jnp.dtype(a.dtype) for a in jax.tree.leaves((params, xs))}
     if dtypes != {jnp.dtype(jnp.float32)}:
         return f"it computes in float32 only, got {sorted(map(str, dtypes))}"
-    if options.matmul_dtype is not None:
-        return f"it has no mixed precision, got matmul_dtype={options.matmul_dtype!r}"
+    if options.matmul_dtype is not None and jnp.dtype(options.matmul_dtype) != jnp.bfloat16:
+        return f"its mixed precision is bfloat16 only, got matmul_dtype={options.matmul_dtype!r}"
     if "weight_hr" in params[0]:
         return "it has no LSTM projection (proj_size)"
     return None
@@ -155,10 +160,11 @@ def layer(
     mask = None if lengths is None else valid_mask(lengths, xs.shape[0])
     lstm = cell.kernel == "LSTM"
     carry = h0 if lstm else (h0, None)
+    bf16 = options.matmul_dtype is not None
 
     def forward(p, flags, xs, carry, mask):
         weights = [p.get(name) for name in ("weight_ih", "bias_ih", "weight_hh", "bias_hh")]
-        ys, h, c = call(cell.kernel, xs, *weights, *carry, mask, flags)
+        ys, h, c = call(cell.kernel, xs, *weights, *carry, mask, flags, bf16=bf16)
         return ys, (h, c)
 
     if not options.remat:
@@ -185,6 +191,8 @@ def call(
     c0: jax.Array | None,
     mask: jax.Array | None,
     reverse: tuple[bool, ...],
+    *,
+    bf16: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """The compiled FFI call of one layer: projection and loop over time, and its VJP.
 
@@ -205,6 +213,10 @@ def call(
         mask: optional `(T, B)` bool, False past a sequence's length: there the carry is kept
             and the output is zero.
         reverse: ``k`` bools, True for a direction that runs backwards in time.
+        bf16: mixed precision, the contract of :func:`jrnn.cells.mixed_einsum` with bfloat16:
+            both matmuls read their operands (``x_t``, ``h_{t-1}``, the weights, and in the
+            backward pass the gates' cotangents) rounded to bfloat16 and sum their exact
+            products in float32; biases, gate math, carries, outputs and gradients stay float32.
 
     Returns:
         ``(ys, h, c)``: outputs `(T, B, k*H)`, final `h (k, B, H)` and (LSTM, else None)
@@ -230,7 +242,7 @@ def call(
     rows = (k * batch, hidden)  # the carry, direction-major
     c0 = h0 if c0 is None else c0
     hs, carry = _layer(
-        code, bits, xs, weight_ih, zeros if bias_ih is None else bias_ih, weight_hh,
+        code, bits, bf16, xs, weight_ih, zeros if bias_ih is None else bias_ih, weight_hh,
         zeros if bias_hh is None else bias_hh, h0.reshape(rows), c0.reshape(rows), keep,
     )  # fmt: skip
     ys = hs.reshape(steps, batch, k * hidden)
@@ -252,9 +264,15 @@ def _dummy() -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct((1,), jnp.float32)
 
 
-def _call_forward(code, bits, save, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
+def _bf16(a: jax.Array) -> jax.Array:
+    """``a`` rounded to bfloat16, kept in float32 (a matmul operand of the ``bf16`` contract)."""
+    return a.astype(jnp.bfloat16).astype(a.dtype)
+
+
+def _call_forward(code, bits, bf16, save, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
     """``(hs, aux, act)``: the loop over time, input projection included; act only with
-    ``save`` (a backward pass follows) and for LSTM and GRU, else a (1,) placeholder."""
+    ``save`` (a backward pass follows) and for LSTM and GRU, else a (1,) placeholder. With
+    ``bf16``, xs, w_ih and w_hh come rounded (:func:`_bf16`); the call rounds each h_{t-1}."""
     steps, batch = xs.shape[:2]
     k, gh, hidden = w_hh.shape
     gated = code in (_CODES["LSTM"], _CODES["GRU"])
@@ -264,15 +282,19 @@ def _call_forward(code, bits, save, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
     call = jax.ffi.ffi_call("jrnn_recurrence_fwd", outputs, vmap_method="sequential")
     return call(
         xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep,
-        cell=np.int32(code), reverse=np.int32(bits), save=np.int32(save),
+        cell=np.int32(code), reverse=np.int32(bits), save=np.int32(save), bf16=np.int32(bf16),
     )  # fmt: skip
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _layer(code, bits, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _layer(code, bits, bf16, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
     """``(hs, carry)``: hs `(T, k*B, H)`, carry the final ``(h,)``, for LSTM ``(h, c)``, each
-    `(k*B, H)` direction-major. aux (LSTM's cell states, GRU's n halves) stays inside."""
-    hs, aux, _ = _call_forward(code, bits, False, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep)
+    `(k*B, H)` direction-major. aux (LSTM's cell states, GRU's n halves) stays inside. The
+    operands' rounding (``bf16``) is inside the custom VJP, so that the weights' and the
+    input's gradients pass it by as they are (float32), as in :func:`jrnn.cells.mixed_einsum`."""
+    if bf16:
+        xs, w_ih, w_hh = map(_bf16, (xs, w_ih, w_hh))
+    hs, aux, _ = _call_forward(code, bits, bf16, False, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep)
     return _carry(code, bits, w_hh.shape[0], hs, aux)
 
 
@@ -281,13 +303,15 @@ def _carry(code, bits, k, hs, aux):
     return hs, ((h, _final(aux, k, bits)) if code == _CODES["LSTM"] else (h,))
 
 
-def _layer_fwd(code, bits, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
-    hs, aux, act = _call_forward(code, bits, True, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep)
+def _layer_fwd(code, bits, bf16, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
+    if bf16:
+        xs, w_ih, w_hh = map(_bf16, (xs, w_ih, w_hh))
+    hs, aux, act = _call_forward(code, bits, bf16, True, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep)
     residuals = (xs, w_ih, w_hh, h0, c0, keep, hs, aux, act)
     return _carry(code, bits, w_hh.shape[0], hs, aux), residuals
 
 
-def _layer_bwd(code, bits, residuals, cotangents):
+def _layer_bwd(code, bits, bf16, residuals, cotangents):
     xs, w_ih, w_hh, h0, c0, keep, hs, aux, act = residuals
     dhs, carry = cotangents
     dhn = carry[0]
@@ -304,9 +328,10 @@ def _layer_bwd(code, bits, residuals, cotangents):
     )
     dgx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = call(
         w_hh, xs, h0, c0, keep, hs, aux, act, dhs, dhn, dcn,
-        cell=np.int32(code), reverse=np.int32(bits),
+        cell=np.int32(code), reverse=np.int32(bits), bf16=np.int32(bf16),
     )  # fmt: skip
-    # the input's gradient, summed over directions: one matmul over all steps
+    # the input's gradient, summed over directions: one matmul over all steps (with bf16 of
+    # rounded operands: the call leaves dgx rounded, w_ih came rounded)
     dx = dgx.reshape(steps * rows // k, k * gh) @ w_ih.reshape(k * gh, xs.shape[-1])
     return dx.reshape(xs.shape), dw_ih, db_ih, dw_hh, db_hh, dh0, dc0, None
 
