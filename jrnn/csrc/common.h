@@ -5,14 +5,19 @@
 #ifndef JRNN_CSRC_COMMON_H_
 #define JRNN_CSRC_COMMON_H_
 
+#include <pthread.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -82,6 +87,149 @@ int AvailableCores() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+// Helper threads that outlive a call, one pinned to each core the process may use when the pool
+// is made: a call borrows those on the cores other than its caller's instead of starting and
+// pinning threads of its own. Measured on a 2-core VM, per call of a team of two: 650 us to
+// start, pin and join a thread, 4.6 us to borrow a pinned helper (the pinning alone, which
+// moves a thread to another core, costs ~50 us). Between calls a helper spins (kSpin, yielding
+// its core to any other thread that wants it after the first few microseconds), since the next
+// call often follows at once (remat's next chunk), then sleeps on a condition variable. A call
+// that finds a helper it needs busy (XLA running two calls at once) starts threads of its own.
+// A child process after fork() has none of its parent's helpers and makes its own pool.
+class Pool {
+ public:
+  using Job = void (*)(void* context, int worker);
+
+  // The pool of this process, made at the first call that needs one.
+  static Pool& Get() {
+    static std::mutex made;
+    static Pool* pool = nullptr;
+    std::lock_guard<std::mutex> lock(made);
+    if (pool == nullptr || pool->pid_ != getpid()) pool = new Pool();  // never freed: see above
+    return *pool;
+  }
+
+  // Takes the helpers of `cores` (helper i runs worker i + 1); false, taking none, when one of
+  // them is busy or missing (a core the process may use now but could not then).
+  bool Acquire(const std::vector<int>& cores, std::vector<int>* taken) {
+    taken->clear();
+    for (int core : cores) {
+      int found = -1;
+      for (size_t h = 0; h < helpers_.size(); ++h) {
+        if (helpers_[h]->core == core) found = static_cast<int>(h);
+      }
+      if (found < 0 || !helpers_[found]->busy.try_lock()) {
+        Release(*taken);
+        return false;
+      }
+      taken->push_back(found);
+    }
+    return true;
+  }
+
+  void Release(const std::vector<int>& taken) {
+    for (int h : taken) helpers_[h]->busy.unlock();
+    // (a caller that Acquired them; Run's fallback never does)
+  }
+
+  // Runs job(context, i + 1) on the i-th taken helper; Wait() returns once all are done.
+  void Start(const std::vector<int>& taken, Job job, void* context) {
+    done_.store(0, std::memory_order_relaxed);
+    wanted_ = static_cast<int>(taken.size());
+    for (size_t i = 0; i < taken.size(); ++i) {
+      Helper& helper = *helpers_[taken[i]];
+      {
+        std::lock_guard<std::mutex> lock(helper.mutex);
+        helper.job = job;
+        helper.context = context;
+        helper.worker = static_cast<int>(i) + 1;
+        helper.generation.fetch_add(1, std::memory_order_release);
+      }
+      helper.wake.notify_one();
+    }
+  }
+
+  void Wait() const {
+    for (int spins = 0; done_.load(std::memory_order_acquire) < wanted_; ++spins) {
+      if (spins < 1 << 14) {
+        Pause();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  static constexpr auto kSpin = std::chrono::microseconds(200);
+
+  struct Helper {
+    int core;
+    std::mutex busy;   // held by the call that borrows it
+    std::mutex mutex;  // guards job, context, worker and the sleep on wake
+    std::condition_variable wake;
+    std::atomic<uint64_t> generation{0};
+    Job job = nullptr;
+    void* context = nullptr;
+    int worker = 0;
+  };
+
+  Pool() : pid_(getpid()) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return;
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (!CPU_ISSET(c, &set)) continue;
+      helpers_.push_back(std::make_unique<Helper>());
+      helpers_.back()->core = c;
+    }
+    for (auto& helper : helpers_) {
+      Helper* h = helper.get();
+      std::thread thread([this, h] { Serve(h); });
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(h->core, &one);
+      pthread_setaffinity_np(thread.native_handle(), sizeof one, &one);
+      pthread_setname_np(thread.native_handle(), "jrnn-helper");
+      thread.detach();
+    }
+  }
+
+  void Serve(Helper* h) {
+    uint64_t seen = 0;
+    for (;;) {
+      const auto start = std::chrono::steady_clock::now();
+      for (int spins = 0; h->generation.load(std::memory_order_acquire) == seen; ++spins) {
+        if (spins < 256) {
+          Pause();
+          continue;
+        }
+        if (std::chrono::steady_clock::now() - start > kSpin) {
+          std::unique_lock<std::mutex> lock(h->mutex);
+          h->wake.wait(lock, [&] { return h->generation.load() != seen; });
+          break;
+        }
+        std::this_thread::yield();
+      }
+      Job job;
+      void* context;
+      int worker;
+      {
+        std::lock_guard<std::mutex> lock(h->mutex);
+        seen = h->generation.load(std::memory_order_relaxed);
+        job = h->job;
+        context = h->context;
+        worker = h->worker;
+      }
+      job(context, worker);
+      done_.fetch_add(1, std::memory_order_acq_rel);
+    }
+  }
+
+  const pid_t pid_;
+  std::vector<std::unique_ptr<Helper>> helpers_;
+  std::atomic<int> done_{0};
+  int wanted_ = 0;
+};
+
 // The threads of one call: `threads` workers (the calling thread is worker 0) that all run
 // body(worker) and meet at Sync() after each step. A step's work is a list of units; ForEach
 // hands each unit to exactly one worker. A worker takes its own share first, so that a unit's
@@ -100,27 +248,39 @@ class Team {
   int threads() const { return threads_; }
 
   // Runs body(worker) on every worker, each on a core of its own: the calling thread stays on
-  // the core it is on and each helper is pinned to another of the cores it may use, for the
-  // call only (the caller's own set is restored at the end). Left to the scheduler, a new
-  // thread starts on its parent's core and is moved only milliseconds later; two threads that
-  // meet at a spinning barrier every few microseconds then share one core: an RNN-256 forward
-  // pass (B = 32, T = 128) took 13-25 ms so against 3.5 ms pinned.
+  // the core it is on, pinned there for the call only (its own set is restored at the end),
+  // and the other workers are the Pool's helpers on other cores of the caller's set. Left to
+  // the scheduler, two workers may share a core for milliseconds; meeting at a spinning
+  // barrier every few microseconds, they then crawl: an RNN-256 forward pass (B = 32,
+  // T = 128) took 13-25 ms so against 3.5 ms pinned. Where the pool cannot serve the call, it
+  // starts threads of its own, pinned likewise.
   template <typename Body>
   void Run(Body body) {
+    if (threads_ == 1) return body(0);
     cpu_set_t own;
-    const bool known = threads_ > 1 && sched_getaffinity(0, sizeof own, &own) == 0;
-    const std::vector<int> cores = known ? HereFirst(own) : std::vector<int>();
+    const bool known = sched_getaffinity(0, sizeof own, &own) == 0;
+    std::vector<int> cores = known ? HereFirst(own) : std::vector<int>();
     const bool pin = static_cast<int>(cores.size()) >= threads_;
+    Pool& pool = Pool::Get();  // before the pinning: the pool takes the caller's set as it is
     if (pin) PinTo(cores[0]);
-    std::vector<std::thread> pool;
-    for (int i = 1; i < threads_; ++i) {
-      pool.emplace_back([&, i] {
-        if (pin) PinTo(cores[i]);
-        body(i);
-      });
+    std::vector<int> others(cores.begin() + (pin ? 1 : 0), cores.begin() + (pin ? threads_ : 0));
+    std::vector<int> taken;
+    if (pin && pool.Acquire(others, &taken)) {
+      pool.Start(taken, [](void* b, int i) { (*static_cast<Body*>(b))(i); }, &body);
+      body(0);
+      pool.Wait();
+      pool.Release(taken);
+    } else {
+      std::vector<std::thread> started;
+      for (int i = 1; i < threads_; ++i) {
+        started.emplace_back([&, i] {
+          if (pin) PinTo(cores[i]);
+          body(i);
+        });
+      }
+      body(0);
+      for (auto& t : started) t.join();
     }
-    body(0);
-    for (auto& t : pool) t.join();
     if (pin) sched_setaffinity(0, sizeof own, &own);
   }
 

@@ -83,12 +83,14 @@ struct Dims {
   int64_t CarryRow(int64_t b, int64_t j) const { return j * batch + b; }
 };
 
-// Threads to use: all cores, unless the call's matmuls are under 400 MFLOP (a few ms on one
-// core). A helper thread waits for a core that XLA's own threads may hold, and that wait can
-// cost milliseconds per call: an LSTM-64 on batch 16 in 100-step chunks (remat, 52 MFLOP per
-// call) ran 3.4x slower on two threads than on one.
+// Threads to use: all cores, unless the call's matmuls are under 4 MFLOP (tens of microseconds
+// on one core), where borrowing a helper (10-50 us, common.h's Pool) and the barrier per step
+// cost more than the second core gives. Measured on a 2-core AMD EPYC VM with the Pool, one
+// thread against two, forward / train step: LSTM-64 on batch 16, 10 steps (10 MFLOP) 0.46 /
+// 1.08 against 0.24 / 0.68 ms; a 100-step remat chunk (105 MFLOP) 3.57 / 10.75 against 2.26 /
+// 6.36 ms. (When each call started its own helper thread, the cutoff had to be 400 MFLOP.)
 int64_t Cores(const Dims& d) {
-  constexpr double kMinCallFlops = 4e8;
+  constexpr double kMinCallFlops = 4e6;
   const double flops = 2.0 * d.steps * d.rows * d.gh() * (d.hidden + d.input);
   return flops < kMinCallFlops ? 1 : AvailableCores();
 }

@@ -5,7 +5,8 @@ a few dozen kernel launches per step. This path hands the loop to C++ (``jrnn/cs
 register-tiled matmul over weights packed once per call, ``x_t @ W_ih^T`` and
 ``h_{t-1} @ W_hh^T`` into the same tiles (no `(T, B, G*H)` array of projected inputs), the gate
 math in the same pass, units of 32 hidden units by 16 rows shared out among the cores each step
-(each thread pinned to a core of its own for the call), one barrier per step. A forward pass
+(the caller pinned to its core for the call, helper threads that outlive calls one on each of
+the others), one barrier per step. A forward pass
 with no backward pass after it writes no gate activations. The backward call adds each step's
 part of the weight and bias gradients, ``[dW_hh | dW_ih] += dgates_t^T [h_{t-1} | x_t]``, while
 that step's gate cotangents are in cache (each panel of weights' gradients owned by one thread);
