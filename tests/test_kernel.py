@@ -102,7 +102,7 @@ def test_compiled_equals_scan(name, hidden, batch, bidirectional, padded):
 
 @pytest.mark.parametrize(("name", "hidden"), [("lstm", 136), ("gru", 150)])
 def test_compiled_equals_scan_on_all_cores(name, hidden):
-    """A call large enough (over 4 MFLOP) to be split across the machine's cores."""
+    """A call large enough (over 50 MFLOP) to be split across the machine's cores."""
     spec = SPECS[name](6, hidden, bidirectional=True)
     params = spec.init(jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (32, 64, 6))
@@ -120,7 +120,7 @@ def test_compiled_equals_scan_on_all_cores(name, hidden):
         ("lstm", 33, 19, True, True, 7, 2),
         ("gru", 40, 5, True, False, 7, 1),
         ("rnn_tanh", 32, 16, False, True, 7, 1),
-        ("lstm", 136, 32, True, False, 64, 1),  # over 4 MFLOP: on every core
+        ("lstm", 136, 32, True, False, 64, 1),  # over 50 MFLOP: on every core
     ],
 )
 def test_bfloat16_compiled_equals_bfloat16_scan(

@@ -83,14 +83,16 @@ struct Dims {
   int64_t CarryRow(int64_t b, int64_t j) const { return j * batch + b; }
 };
 
-// Threads to use: all cores, unless the call's matmuls are under 4 MFLOP (tens of microseconds
-// on one core), where borrowing a helper (10-50 us, common.h's Pool) and the barrier per step
-// cost more than the second core gives. Measured on a 2-core AMD EPYC VM with the Pool, one
-// thread against two, forward / train step: LSTM-64 on batch 16, 10 steps (10 MFLOP) 0.46 /
-// 1.08 against 0.24 / 0.68 ms; a 100-step remat chunk (105 MFLOP) 3.57 / 10.75 against 2.26 /
-// 6.36 ms. (When each call started its own helper thread, the cutoff had to be 400 MFLOP.)
+// Threads to use: all cores, unless the call's matmuls are under 50 MFLOP (under a ms on one
+// core). Measured on a 2-core AMD EPYC VM with the Pool (common.h), one thread against two,
+// forward / train step: alone in the machine, LSTM-64 on batch 16, 10 steps (10 MFLOP) 0.46 /
+// 1.08 against 0.24 / 0.68 ms, and a 100-step remat chunk (105 MFLOP) 3.57 / 10.75 against
+// 2.26 / 6.36 ms; but with a second such process running (pytest -n 2, a data loader), 20
+// steps of LSTM-128 (63 MFLOP) took 1.6 / 5.6 ms on one thread against 3.2-3.8 / 7.1-7.7 on
+// two, whose spinning barrier waits whenever the other process holds a core. (When each call
+// started its own helper thread, the cutoff had to be 400 MFLOP.)
 int64_t Cores(const Dims& d) {
-  constexpr double kMinCallFlops = 4e6;
+  constexpr double kMinCallFlops = 5e7;
   const double flops = 2.0 * d.steps * d.rows * d.gh() * (d.hidden + d.input);
   return flops < kMinCallFlops ? 1 : AvailableCores();
 }
