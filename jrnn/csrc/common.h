@@ -127,15 +127,15 @@ class Pool {
     return true;
   }
 
+  // Gives back what Acquire took.
   void Release(const std::vector<int>& taken) {
     for (int h : taken) helpers_[h]->busy.unlock();
-    // (a caller that Acquired them; Run's fallback never does)
   }
 
-  // Runs job(context, i + 1) on the i-th taken helper; Wait() returns once all are done.
-  void Start(const std::vector<int>& taken, Job job, void* context) {
-    done_.store(0, std::memory_order_relaxed);
-    wanted_ = static_cast<int>(taken.size());
+  // Runs job(context, i + 1) on the i-th taken helper, each adding 1 to *done when it is
+  // through; Wait(done, n) returns once n have. (Two calls may hold disjoint helpers at once:
+  // each counts in its own *done.)
+  void Start(const std::vector<int>& taken, Job job, void* context, std::atomic<int>* done) {
     for (size_t i = 0; i < taken.size(); ++i) {
       Helper& helper = *helpers_[taken[i]];
       {
@@ -143,14 +143,15 @@ class Pool {
         helper.job = job;
         helper.context = context;
         helper.worker = static_cast<int>(i) + 1;
+        helper.done = done;
         helper.generation.fetch_add(1, std::memory_order_release);
       }
       helper.wake.notify_one();
     }
   }
 
-  void Wait() const {
-    for (int spins = 0; done_.load(std::memory_order_acquire) < wanted_; ++spins) {
+  static void Wait(const std::atomic<int>* done, int n) {
+    for (int spins = 0; done->load(std::memory_order_acquire) < n; ++spins) {
       if (spins < 1 << 14) {
         Pause();
       } else {
@@ -165,12 +166,13 @@ class Pool {
   struct Helper {
     int core;
     std::mutex busy;   // held by the call that borrows it
-    std::mutex mutex;  // guards job, context, worker and the sleep on wake
+    std::mutex mutex;  // guards job, context, worker, done and the sleep on wake
     std::condition_variable wake;
     std::atomic<uint64_t> generation{0};
     Job job = nullptr;
     void* context = nullptr;
     int worker = 0;
+    std::atomic<int>* done = nullptr;
   };
 
   Pool() : pid_(getpid()) {
@@ -212,22 +214,22 @@ class Pool {
       Job job;
       void* context;
       int worker;
+      std::atomic<int>* done;
       {
         std::lock_guard<std::mutex> lock(h->mutex);
         seen = h->generation.load(std::memory_order_relaxed);
         job = h->job;
         context = h->context;
         worker = h->worker;
+        done = h->done;
       }
       job(context, worker);
-      done_.fetch_add(1, std::memory_order_acq_rel);
+      done->fetch_add(1, std::memory_order_acq_rel);
     }
   }
 
   const pid_t pid_;
   std::vector<std::unique_ptr<Helper>> helpers_;
-  std::atomic<int> done_{0};
-  int wanted_ = 0;
 };
 
 // The threads of one call: `threads` workers (the calling thread is worker 0) that all run
@@ -266,9 +268,10 @@ class Team {
     std::vector<int> others(cores.begin() + (pin ? 1 : 0), cores.begin() + (pin ? threads_ : 0));
     std::vector<int> taken;
     if (pin && pool.Acquire(others, &taken)) {
-      pool.Start(taken, [](void* b, int i) { (*static_cast<Body*>(b))(i); }, &body);
+      std::atomic<int> done{0};
+      pool.Start(taken, [](void* b, int i) { (*static_cast<Body*>(b))(i); }, &body, &done);
       body(0);
-      pool.Wait();
+      Pool::Wait(&done, static_cast<int>(taken.size()));
       pool.Release(taken);
     } else {
       std::vector<std::thread> started;
