@@ -11,6 +11,7 @@ subprocess under each narrower one (``JRNN_ISA``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import os
@@ -65,6 +66,22 @@ def _loss_and_grads(spec, params, x, h0, lengths, use_kernel, matmul_dtype=None)
     return grad(params, x, h0)
 
 
+def _case(name, hidden, batch, bidirectional, padded, steps=7, layers=2):
+    """``(spec, params, x, h0, lengths)``: a stack of D = 6 inputs, random input and initial
+    carry, and with ``padded`` random lengths (the first sequence full)."""
+    spec = SPECS[name](6, hidden, num_layers=layers, bidirectional=bidirectional)
+    params = spec.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (batch, steps, 6))
+    carries = layers * spec.num_directions
+    h0 = 0.5 * jax.random.normal(jax.random.key(2), (carries, batch, hidden))
+    if name == "lstm":
+        h0 = (h0, jax.random.normal(jax.random.key(3), (carries, batch, hidden)))
+    lengths = None
+    if padded:
+        lengths = jax.random.randint(jax.random.key(4), (batch,), 1, steps + 1).at[0].set(steps)
+    return spec, params, x, h0, lengths
+
+
 @pytest.mark.parametrize(
     ("name", "hidden", "batch", "bidirectional", "padded"),
     [
@@ -80,17 +97,7 @@ def _loss_and_grads(spec, params, x, h0, lengths, use_kernel, matmul_dtype=None)
 )
 def test_compiled_equals_scan(name, hidden, batch, bidirectional, padded):
     """Outputs, final states and the gradients of params, input and h0 agree."""
-    spec = SPECS[name](6, hidden, num_layers=2, bidirectional=bidirectional)
-    params = spec.init(jax.random.key(0))
-    steps = 7
-    x = jax.random.normal(jax.random.key(1), (batch, steps, 6))
-    layers = 2 * spec.num_directions
-    h0 = 0.5 * jax.random.normal(jax.random.key(2), (layers, batch, hidden))
-    if name == "lstm":
-        h0 = (h0, jax.random.normal(jax.random.key(3), (layers, batch, hidden)))
-    lengths = None
-    if padded:
-        lengths = jax.random.randint(jax.random.key(4), (batch,), 1, steps + 1).at[0].set(steps)
+    spec, params, x, h0, lengths = _case(name, hidden, batch, bidirectional, padded)
     compiled = _loss_and_grads(spec, params, x, h0, lengths, True)
     scan = _loss_and_grads(spec, params, x, h0, lengths, False)
     jax.tree.map(close, compiled, scan)
@@ -132,16 +139,7 @@ def test_bfloat16_compiled_equals_bfloat16_scan(
     bfloat16 rounding boundary moves by one bf16 step (2^-8): measured up to 1e-3 here, as
     much as the scan path itself moves when its weights are scaled by 1 + 2e-7. Both stay
     within bf16 error of the float32 result."""
-    spec = SPECS[name](6, hidden, num_layers=layers, bidirectional=bidirectional)
-    params = spec.init(jax.random.key(0))
-    x = jax.random.normal(jax.random.key(1), (batch, steps, 6))
-    carries = layers * spec.num_directions
-    h0 = 0.5 * jax.random.normal(jax.random.key(2), (carries, batch, hidden))
-    if name == "lstm":
-        h0 = (h0, jax.random.normal(jax.random.key(3), (carries, batch, hidden)))
-    lengths = None
-    if padded:
-        lengths = jax.random.randint(jax.random.key(4), (batch,), 1, steps + 1).at[0].set(steps)
+    spec, params, x, h0, lengths = _case(name, hidden, batch, bidirectional, padded, steps, layers)
     bf16 = jnp.bfloat16
     compiled = _loss_and_grads(spec, params, x, h0, lengths, True, bf16)
     scan = _loss_and_grads(spec, params, x, h0, lengths, False, bf16)
@@ -188,6 +186,32 @@ def test_threads_get_their_cpu_sets_back_after_a_call():
     if len(allowed) > 1:
         assert sorted(helpers) == sorted({c} for c in allowed)
     jax.tree.map(close, run(params), spec.apply(params, x, method="scan"))  # pool reused
+
+
+def test_calls_from_two_threads_at_once():
+    """Two Python threads running multi-core train steps at the same time (JAX drops the GIL
+    while a computation runs): each call borrows the helpers it finds free, or starts its own,
+    and waits for its own (the backward call's workers write the weight gradients after their
+    last barrier); every gradient equals the scan's."""
+    spec = jrnn.LSTM(6, 136, bidirectional=True)  # over 50 MFLOP: on every core
+    params = spec.init(jax.random.key(0))
+    xs = jax.random.normal(jax.random.key(1), (2, 32, 64, 6))
+
+    def grad(method):
+        return jax.jit(jax.grad(lambda p, x: jnp.sum(spec.apply(p, x, method=method)[0] ** 2)))
+
+    run = grad("compiled")
+    wanted = [grad("scan")(params, x) for x in xs]
+    jax.block_until_ready(run(params, xs[0]))  # compiled before the threads start
+
+    def calls(i):
+        return [jax.device_get(run(params, xs[i])) for _ in range(6)]
+
+    with concurrent.futures.ThreadPoolExecutor(2) as threads:
+        results = list(threads.map(calls, range(2)))
+    for outputs, desired in zip(results, wanted, strict=True):
+        for out in outputs:
+            jax.tree.map(close, out, desired)
 
 
 def test_compiled_path_under_vmap_remat_and_unbatched_input():

@@ -89,9 +89,9 @@ int AvailableCores() {
 
 // Helper threads that outlive a call, one pinned to each core the process may use when the pool
 // is made: a call borrows those on the cores other than its caller's instead of starting and
-// pinning threads of its own. Measured on a 2-core VM, per call of a team of two: 650 us to
-// start, pin and join a thread, 4.6 us to borrow a pinned helper (the pinning alone, which
-// moves a thread to another core, costs ~50 us). Between calls a helper spins (kSpin, yielding
+// pinning threads of its own. Measured on a 2-core VM, per call of a team of two: 650-900 us to
+// start, pin and join a thread; 10-16 us to borrow a spinning helper, ~50 us a sleeping one
+// (moving a thread to another core alone costs ~50 us). Between calls a helper spins (kSpin, yielding
 // its core to any other thread that wants it after the first few microseconds), since the next
 // call often follows at once (remat's next chunk), then sleeps on a condition variable. A call
 // that finds a helper it needs busy (XLA running two calls at once) starts threads of its own.
@@ -261,13 +261,12 @@ class Team {
     if (threads_ == 1) return body(0);
     cpu_set_t own;
     const bool known = sched_getaffinity(0, sizeof own, &own) == 0;
-    std::vector<int> cores = known ? HereFirst(own) : std::vector<int>();
+    const std::vector<int> cores = known ? HereFirst(own) : std::vector<int>();
     const bool pin = static_cast<int>(cores.size()) >= threads_;
     Pool& pool = Pool::Get();  // before the pinning: the pool takes the caller's set as it is
     if (pin) PinTo(cores[0]);
-    std::vector<int> others(cores.begin() + (pin ? 1 : 0), cores.begin() + (pin ? threads_ : 0));
-    std::vector<int> taken;
-    if (pin && pool.Acquire(others, &taken)) {
+    std::vector<int> taken;  // helpers on the workers' cores but the caller's
+    if (pin && pool.Acquire({cores.begin() + 1, cores.begin() + threads_}, &taken)) {
       std::atomic<int> done{0};
       pool.Start(taken, [](void* b, int i) { (*static_cast<Body*>(b))(i); }, &body, &done);
       body(0);

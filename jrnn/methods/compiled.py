@@ -270,6 +270,11 @@ def _bf16(a: jax.Array) -> jax.Array:
     return a.astype(jnp.bfloat16).astype(a.dtype)
 
 
+def _operands(bf16, xs, w_ih, w_hh):
+    """The matmul operands that XLA hands the calls: with ``bf16``, rounded (:func:`_bf16`)."""
+    return tuple(map(_bf16, (xs, w_ih, w_hh))) if bf16 else (xs, w_ih, w_hh)
+
+
 def _call_forward(code, bits, bf16, save, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
     """``(hs, aux, act)``: the loop over time, input projection included; act only with
     ``save`` (a backward pass follows) and for LSTM and GRU, else a (1,) placeholder. With
@@ -293,8 +298,7 @@ def _layer(code, bits, bf16, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
     `(k*B, H)` direction-major. aux (LSTM's cell states, GRU's n halves) stays inside. The
     operands' rounding (``bf16``) is inside the custom VJP, so that the weights' and the
     input's gradients pass it by as they are (float32), as in :func:`jrnn.cells.mixed_einsum`."""
-    if bf16:
-        xs, w_ih, w_hh = map(_bf16, (xs, w_ih, w_hh))
+    xs, w_ih, w_hh = _operands(bf16, xs, w_ih, w_hh)
     hs, aux, _ = _call_forward(code, bits, bf16, False, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep)
     return _carry(code, bits, w_hh.shape[0], hs, aux)
 
@@ -305,8 +309,7 @@ def _carry(code, bits, k, hs, aux):
 
 
 def _layer_fwd(code, bits, bf16, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
-    if bf16:
-        xs, w_ih, w_hh = map(_bf16, (xs, w_ih, w_hh))
+    xs, w_ih, w_hh = _operands(bf16, xs, w_ih, w_hh)
     hs, aux, act = _call_forward(code, bits, bf16, True, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep)
     residuals = (xs, w_ih, w_hh, h0, c0, keep, hs, aux, act)
     return _carry(code, bits, w_hh.shape[0], hs, aux), residuals
