@@ -66,14 +66,16 @@ def _loss_and_grads(spec, params, x, h0, lengths, use_kernel, matmul_dtype=None)
     return grad(params, x, h0)
 
 
-def _case(name, hidden, batch, bidirectional, padded, steps=7, layers=2):
+def _case(name, hidden, batch, bidirectional, padded, steps=7, layers=2, proj=0):
     """``(spec, params, x, h0, lengths)``: a stack of D = 6 inputs, random input and initial
-    carry, and with ``padded`` random lengths (the first sequence full)."""
-    spec = SPECS[name](6, hidden, num_layers=layers, bidirectional=bidirectional)
+    carry, and with ``padded`` random lengths (the first sequence full); ``proj``: the LSTM's
+    ``proj_size``."""
+    projection = {"proj_size": proj} if proj else {}
+    spec = SPECS[name](6, hidden, num_layers=layers, bidirectional=bidirectional, **projection)
     params = spec.init(jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (batch, steps, 6))
     carries = layers * spec.num_directions
-    h0 = 0.5 * jax.random.normal(jax.random.key(2), (carries, batch, hidden))
+    h0 = 0.5 * jax.random.normal(jax.random.key(2), (carries, batch, proj or hidden))
     if name == "lstm":
         h0 = (h0, jax.random.normal(jax.random.key(3), (carries, batch, hidden)))
     lengths = None
@@ -107,31 +109,58 @@ def test_compiled_equals_scan(name, hidden, batch, bidirectional, padded):
     jax.tree.map(close, forward(params, "compiled"), forward(params, "scan"))
 
 
-@pytest.mark.parametrize(("name", "hidden"), [("lstm", 136), ("gru", 150)])
-def test_compiled_equals_scan_on_all_cores(name, hidden):
+@pytest.mark.parametrize(
+    ("hidden", "proj", "batch", "bidirectional", "padded", "steps", "layers"),
+    [
+        (40, 20, 19, False, False, 7, 2),  # P < 32: one partial panel of h
+        (33, 7, 37, True, True, 7, 2),  # H and P not multiples of 32, batch of 16 + 16 + 5
+        (64, 40, 5, True, True, 9, 1),  # P over a panel (32 + 8)
+    ],
+)
+def test_compiled_equals_scan_with_a_projection(
+    hidden, proj, batch, bidirectional, padded, steps, layers
+):
+    """``proj_size``: each step's h = m @ W_hr^T, in a second half of the step (its own
+    barrier each way); outputs, final states and every gradient, W_hr's included, agree."""
+    spec, params, x, h0, lengths = _case(
+        "lstm", hidden, batch, bidirectional, padded, steps, layers, proj
+    )
+    compiled = _loss_and_grads(spec, params, x, h0, lengths, True)
+    scan = _loss_and_grads(spec, params, x, h0, lengths, False)
+    assert "weight_hr" in str(jax.tree.structure(compiled[1][0]))  # W_hr's gradient compared
+    jax.tree.map(close, compiled, scan)
+    forward = jax.jit(lambda p, method: spec.apply(p, x, h0, lengths=lengths, method=method),
+                      static_argnums=1)  # fmt: skip
+    jax.tree.map(close, forward(params, "compiled"), forward(params, "scan"))
+
+
+@pytest.mark.parametrize(("name", "hidden", "proj"), [("lstm", 136, 0), ("gru", 150, 0),
+                                                      ("lstm", 136, 100)])  # fmt: skip
+def test_compiled_equals_scan_on_all_cores(name, hidden, proj):
     """A call large enough (over 50 MFLOP) to be split across the machine's cores."""
-    spec = SPECS[name](6, hidden, bidirectional=True)
+    spec = SPECS[name](6, hidden, bidirectional=True, **({"proj_size": proj} if proj else {}))
     params = spec.init(jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (32, 64, 6))
     lengths = jnp.arange(32) + 33
-    h0 = jnp.zeros((2, 32, hidden))
-    h0 = (h0, h0) if name == "lstm" else h0
+    h0 = jnp.zeros((2, 32, proj or hidden))
+    h0 = (h0, jnp.zeros((2, 32, hidden))) if name == "lstm" else h0
     compiled = _loss_and_grads(spec, params, x, h0, lengths, True)
     scan = _loss_and_grads(spec, params, x, h0, lengths, False)
     jax.tree.map(close, compiled, scan)
 
 
 @pytest.mark.parametrize(
-    ("name", "hidden", "batch", "bidirectional", "padded", "steps", "layers"),
+    ("name", "hidden", "batch", "bidirectional", "padded", "steps", "layers", "proj"),
     [
-        ("lstm", 33, 19, True, True, 7, 2),
-        ("gru", 40, 5, True, False, 7, 1),
-        ("rnn_tanh", 32, 16, False, True, 7, 1),
-        ("lstm", 136, 32, True, False, 64, 1),  # over 50 MFLOP: on every core
+        ("lstm", 33, 19, True, True, 7, 2, 0),
+        ("gru", 40, 5, True, False, 7, 1, 0),
+        ("rnn_tanh", 32, 16, False, True, 7, 1, 0),
+        ("lstm", 136, 32, True, False, 64, 1, 0),  # over 50 MFLOP: on every core
+        ("lstm", 40, 19, True, True, 7, 2, 20),  # m_t and the projection's cotangent rounded
     ],
 )
 def test_bfloat16_compiled_equals_bfloat16_scan(
-    name, hidden, batch, bidirectional, padded, steps, layers
+    name, hidden, batch, bidirectional, padded, steps, layers, proj
 ):
     """``matmul_dtype=jnp.bfloat16``: both paths round the same operands (x_t, h_{t-1}, the
     weights, the gates' cotangents) and sum in float32. One layer agrees to float32 rounding
@@ -139,7 +168,9 @@ def test_bfloat16_compiled_equals_bfloat16_scan(
     bfloat16 rounding boundary moves by one bf16 step (2^-8): measured up to 1e-3 here, as
     much as the scan path itself moves when its weights are scaled by 1 + 2e-7. Both stay
     within bf16 error of the float32 result."""
-    spec, params, x, h0, lengths = _case(name, hidden, batch, bidirectional, padded, steps, layers)
+    spec, params, x, h0, lengths = _case(
+        name, hidden, batch, bidirectional, padded, steps, layers, proj
+    )
     bf16 = jnp.bfloat16
     compiled = _loss_and_grads(spec, params, x, h0, lengths, True, bf16)
     scan = _loss_and_grads(spec, params, x, h0, lengths, False, bf16)
@@ -214,8 +245,9 @@ def test_calls_from_two_threads_at_once():
             jax.tree.map(close, out, desired)
 
 
-def test_compiled_path_under_vmap_remat_and_unbatched_input():
-    spec = jrnn.LSTM(3, 20, bidirectional=True)
+@pytest.mark.parametrize("proj", [0, 6])
+def test_compiled_path_under_vmap_remat_and_unbatched_input(proj):
+    spec = jrnn.LSTM(3, 20, bidirectional=True, proj_size=proj)
     params = spec.init(jax.random.key(0))
     xs = jax.random.normal(jax.random.key(1), (4, 2, 9, 3))  # 4 independent batches
 
@@ -227,7 +259,7 @@ def test_compiled_path_under_vmap_remat_and_unbatched_input():
 
     def loss(params, remat):
         out, (h, c) = spec.apply(params, xs[0], method="compiled", remat=remat)
-        return jnp.sum(out**2) + jnp.sum(h * c)
+        return jnp.sum(out**2) + jnp.sum(h * jnp.sum(c, -1, keepdims=True))
 
     grad = jax.jit(jax.grad(loss), static_argnums=1)
     jax.tree.map(close, grad(params, 4), grad(params, None))
@@ -250,10 +282,7 @@ def test_default_uses_the_compiled_path_where_it_applies():
 
 
 def test_method_compiled_says_why_it_cannot_run():
-    lstm = jrnn.LSTM(3, 8, proj_size=4)
     x = jnp.ones((2, 4, 3))
-    with pytest.raises(ValueError, match=r"'compiled' cannot run this layer: .*projection"):
-        lstm.apply(lstm.init(jax.random.key(0)), x, method="compiled")
     gru = jrnn.GRU(3, 8)
     with pytest.raises(ValueError, match=r"'compiled' cannot run this layer: .*bfloat16 only"):
         gru.apply(gru.init(jax.random.key(0)), x, method="compiled", matmul_dtype=jnp.float16)
@@ -280,6 +309,13 @@ def test_layer_rejects_inconsistent_arguments():
         call("LSTM", reverse=())
     with pytest.raises(ValueError, match=r"kernel: expected one of .*, got 'gru'"):
         call("gru")
+    w_hr = jnp.zeros((1, 8, 7))  # a projection from H = 7: w_hh would be (1, 28, 8)
+    with pytest.raises(ValueError, match=r"weight_hr: expected an LSTM's \(1, 8, H\) .* for GRU"):
+        kernel.call("GRU", xs, w_ih, None, w_hh, None, h0, None, None, (False,), weight_hr=w_hr)
+    c0 = jnp.zeros((1, 2, 7))
+    projected = r"expected w_hh \(k, G\*H, H\) with G = 4 and H = 7 \(w_hr\), got \(1, 32, 8\)"
+    with pytest.raises(Exception, match=projected):
+        kernel.call("LSTM", xs, w_ih, None, w_hh, None, h0, c0, None, (False,), weight_hr=w_hr)
 
 
 def test_forward_mode_needs_the_scan_path():
@@ -315,12 +351,12 @@ def _python(args, isa):
 )
 @pytest.mark.parametrize("isa", kernel.isas()[1:])
 def test_compiled_equals_scan_under_each_narrower_instruction_set(isa):
-    """Three of the comparisons above, which reach all of the loops' code (every cell, partial
-    panels and tiles, both directions, padding), rerun under each narrower set."""
-    cases = "built or widest or lstm-33-37 or gru-64-5 or rnn_tanh-40-19"
+    """Four of the comparisons above, which reach all of the loops' code (every cell, partial
+    panels and tiles, both directions, padding, a projection), rerun under each narrower set."""
+    cases = "built or widest or lstm-33-37 or gru-64-5 or rnn_tanh-40-19 or 33-7-37"
     run = _python(["-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", cases], isa)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    assert "5 passed" in run.stdout
+    assert "6 passed" in run.stdout
 
 
 @pytest.mark.parametrize("isa", ["sse", "avx512"])

@@ -243,9 +243,7 @@ class Team {
       : threads_(static_cast<int>(std::max<int64_t>(1, std::min(cores, units)))),
         units_(units),
         barrier_(threads_),
-        cursors_(new Cursor[2 * threads_]) {
-    for (int i = 0; i < 2 * threads_; ++i) cursors_[i].next.store(Begin(i % threads_));
-  }
+        cursors_(new Cursor[2 * threads_]) {}
 
   int threads() const { return threads_; }
 
@@ -288,18 +286,25 @@ class Team {
 
   void Sync() { barrier_.Wait(); }
 
-  // Calls fn(unit) for this worker's units of step `step` (numbered 0, 1, 2, ... by the caller).
+  // Calls fn(unit) for this worker's units of step `step` (numbered 0, 1, 2, ... by the caller),
+  // of `units` units in all (the team's number of units unless given).
   template <typename Fn>
   void ForEach(int me, int64_t step, Fn fn) {
+    ForEach(me, step, units_, fn);
+  }
+
+  template <typename Fn>
+  void ForEach(int me, int64_t step, int64_t units, Fn fn) {
     Cursor* now = cursors_.get() + (step & 1) * threads_;
     if (me == 0) {  // the other parity's step ended before the last Sync: ready it for the next
       Cursor* next = cursors_.get() + ((step + 1) & 1) * threads_;
-      for (int i = 0; i < threads_; ++i) next[i].next.store(Begin(i), std::memory_order_relaxed);
+      for (int i = 0; i < threads_; ++i) next[i].next.store(0, std::memory_order_relaxed);
     }
     for (int k = 0; k < threads_; ++k) {
       const int j = (me + k) % threads_;
-      for (int64_t u; (u = now[j].next.fetch_add(1, std::memory_order_relaxed)) < Begin(j + 1);) {
-        fn(u);
+      const int64_t begin = Begin(j, units), share = Begin(j + 1, units) - begin;
+      for (int64_t c; (c = now[j].next.fetch_add(1, std::memory_order_relaxed)) < share;) {
+        fn(begin + c);
       }
     }
   }
@@ -324,9 +329,9 @@ class Team {
   }
 
   struct alignas(64) Cursor {
-    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> next{0};  // the next of a worker's share of units, counted from 0
   };
-  int64_t Begin(int i) const { return units_ * i / threads_; }
+  int64_t Begin(int i, int64_t units) const { return units * i / threads_; }
 
   const int threads_;
   const int64_t units_;

@@ -151,11 +151,12 @@ void Matmul(int64_t m, const float* a, int64_t lda, const float* b, int64_t k, f
 // Forward.
 
 struct ForwardSteps : Forward {
-  // Asks for the unit's lines of step s + 1 to be brought into L2 for writing: hs, aux and act.
-  // The gate math touches them right after the matmul, and their short, row-strided runs
-  // escape the hardware prefetcher.
+  // Asks for the unit's lines of step s + 1 to be brought into L2 for writing: hs (with a
+  // projection ms), aux and act. The gate math touches them right after the matmul, and their
+  // short, row-strided runs escape the hardware prefetcher.
   void Prefetch(int64_t s, const Unit& u) const {
     const int64_t h = d.hidden, gh = d.gh(), time = d.Time(s + 1, u.it.dir);
+    float* m = d.proj != 0 ? ms : hs;
     for (int64_t seq = u.b0; seq < u.b0 + u.m; ++seq) {
       const int64_t at = time * d.rows + d.Row(seq, u.it.dir);
       for (int64_t c = 0; c < u.it.nu; c += kLine) {
@@ -164,7 +165,7 @@ struct ForwardSteps : Forward {
             __builtin_prefetch(act + at * gh + g * h + u.it.u0 + c, 1, 2);
           }
         }
-        __builtin_prefetch(hs + at * h + u.it.u0 + c, 1, 2);
+        __builtin_prefetch(m + at * h + u.it.u0 + c, 1, 2);
         if (d.gates > 1) __builtin_prefetch(aux + at * h + u.it.u0 + c, 1, 2);
       }
     }
@@ -174,31 +175,57 @@ struct ForwardSteps : Forward {
   // and x_t @ W_ih^T into one tile per gate (GRU's n gate: two tiles, its halves apart), then
   // the gate math. packed: the item's weights (PackForward); tiles: (Tiles(d), kUnitRows, 32).
   void Step(int64_t s, const Unit& u, const float* packed, float* tiles) const {
-    const int64_t h = d.hidden, in = d.input, j = u.it.dir, stride = kUnitRows * kPanel;
-    // h_prev of the unit's sequences: rows of h0 (stride H) or of hs (stride k*H); with bf16
-    // the rounded copy, by step parity (h0's is the odd one)
-    const float* hprev = hm        ? hm + (((s + 1) & 1) * d.rows + d.Row(u.b0, j)) * h
-                         : s == 0 ? h0 + d.CarryRow(u.b0, j) * h
-                                  : hs + (d.Time(s - 1, j) * d.rows + d.Row(u.b0, j)) * h;
-    const int64_t lda = s == 0 && hm == nullptr ? h : d.dirs * h;
+    const int64_t o = d.out(), in = d.input, j = u.it.dir, stride = kUnitRows * kPanel;
+    // h_prev of the unit's sequences: rows of h0 (stride out) or of hs (stride k*out); with
+    // bf16 the rounded copy, by step parity (h0's is the odd one)
+    const float* hprev = hm        ? hm + (((s + 1) & 1) * d.rows + d.Row(u.b0, j)) * o
+                         : s == 0 ? h0 + d.CarryRow(u.b0, j) * o
+                                  : hs + (d.Time(s - 1, j) * d.rows + d.Row(u.b0, j)) * o;
+    const int64_t lda = s == 0 && hm == nullptr ? o : d.dirs * o;
     const float* x = xs + (d.Time(s, j) * d.batch + u.b0) * in;
     if (s + 1 < d.steps) Prefetch(s, u);
     for (int64_t g = 0; g < d.gates; ++g) {
-      const float* panel = packed + g * (h + in) * kPanel;
+      const float* panel = packed + g * (o + in) * kPanel;
       float* tile = tiles + g * stride;
-      Matmul<false>(u.m, hprev, lda, panel, h, tile);
+      Matmul<false>(u.m, hprev, lda, panel, o, tile);
       if (d.cell == kGru && g == 2) {
-        Matmul<false>(u.m, x, in, panel + h * kPanel, in, tiles + 3 * stride);
+        Matmul<false>(u.m, x, in, panel + o * kPanel, in, tiles + 3 * stride);
       } else {
-        Matmul<true>(u.m, x, in, panel + h * kPanel, in, tile);
+        Matmul<true>(u.m, x, in, panel + o * kPanel, in, tile);
       }
     }
     for (int i = 0; i < u.m; ++i) Pointwise(s, u.it, u.b0 + i, tiles + i * kPanel);
   }
 
-  // The gate math of sequence seq; gate g's matmul row is tile[g * kUnitRows * 32 ...].
+  // With a projection, step s's second half for one unit over the P units of h, once all of
+  // m_s is written: h = m @ W_hr^T for its rows and columns, or h_prev where a sequence has
+  // ended. packed: the item's (H, 32) panel of W_hr (PackProjection); tile: (kUnitRows, 32).
+  void Project(int64_t s, const Unit& u, const float* packed, float* tile) const {
+    const int64_t h = d.hidden, o = d.out(), j = u.it.dir, time = d.Time(s, j);
+    Matmul<false>(u.m, ms + (time * d.rows + d.Row(u.b0, j)) * h, d.dirs * h, packed, h, tile);
+    for (int i = 0; i < u.m; ++i) {
+      const int64_t seq = u.b0 + i, at = time * d.rows + d.Row(seq, j);
+      const bool keep = mask[time * d.batch + seq] != 0;
+      Lanes lanes(u.it.nu);
+      const float* hp = lanes.In(Carry(d, h0, hs, s, seq, u.it, o));
+      float* h_out = lanes.Out(hs + at * o + u.it.u0);
+      float* hm_out =
+          hm ? lanes.Out(hm + ((s & 1) * d.rows + d.Row(seq, j)) * o + u.it.u0) : nullptr;
+      for (int v = 0; v < kPanel; v += kLanes) {
+        const vf y = keep ? Load(tile + i * kPanel + v) : Load(hp + v);
+        Store(h_out + v, y);
+        if (hm_out != nullptr) Store(hm_out + v, Bf16(y));
+      }
+      lanes.Flush();
+    }
+  }
+
+  // The gate math of sequence seq; gate g's matmul row is tile[g * kUnitRows * 32 ...]. With a
+  // projection it writes m (with bf16 rounded: the projection's operand) where h would go, and
+  // Project writes h.
   void Pointwise(int64_t s, const Item& it, int64_t seq, const float* tile) const {
     const int64_t h = d.hidden, gh = d.gh(), time = d.Time(s, it.dir);
+    const bool projected = d.proj != 0;
     const int64_t at = time * d.rows + d.Row(seq, it.dir), stride = kUnitRows * kPanel;
     const bool keep = mask[time * d.batch + seq] != 0, lstm = d.cell == kLstm;
     Lanes lanes(it.nu);
@@ -208,10 +235,12 @@ struct ForwardSteps : Forward {
       bias_i[g] = lanes.In(b_ih + it.dir * gh + g * h + it.u0);
       bias_h[g] = lanes.In(b_hh + it.dir * gh + g * h + it.u0);
     }
-    const float* hp = lanes.In(Carry(d, h0, hs, s, seq, it));
-    if (lstm) cp = lanes.In(Carry(d, c0, aux, s, seq, it));
-    float* h_out = lanes.Out(hs + at * h + it.u0);
-    if (hm != nullptr) hm_out = lanes.Out(hm + ((s & 1) * d.rows + d.Row(seq, it.dir)) * h + it.u0);
+    const float* hp = projected ? nullptr : lanes.In(Carry(d, h0, hs, s, seq, it, h));
+    if (lstm) cp = lanes.In(Carry(d, c0, aux, s, seq, it, h));
+    float* h_out = lanes.Out((projected ? ms : hs) + at * h + it.u0);
+    if (hm != nullptr && !projected) {
+      hm_out = lanes.Out(hm + ((s & 1) * d.rows + d.Row(seq, it.dir)) * h + it.u0);
+    }
     if (d.gates > 1) aux_out = lanes.Out(aux + at * h + it.u0);
     if (act != nullptr) {
       for (int64_t g = 0; g < d.gates; ++g) a_out[g] = lanes.Out(act + at * gh + g * h + it.u0);
@@ -221,7 +250,7 @@ struct ForwardSteps : Forward {
       auto pre = [&](int g) {
         return Load(tile + g * stride + v) + (Load(bias_i[g] + v) + Load(bias_h[g] + v));
       };
-      const vf hv = Load(hp + v);
+      const vf hv = projected ? vf{} : Load(hp + v);
       vf y;
       if (lstm) {
         const vf ig = Sigmoid(pre(0)), fg = Sigmoid(pre(1));
@@ -250,6 +279,10 @@ struct ForwardSteps : Forward {
       } else {
         y = d.cell == kRnnTanh ? Tanh(pre(0)) : Max(pre(0), vf{});
       }
+      if (projected) {
+        Store(h_out + v, hm != nullptr ? Bf16(y) : y);
+        continue;
+      }
       Store(h_out + v, keep ? y : hv);
       if (hm_out != nullptr) Store(hm_out + v, Bf16(keep ? y : hv));
     }
@@ -257,33 +290,46 @@ struct ForwardSteps : Forward {
   }
 };
 
-// The forward loop over time: packs weight_hh and weight_ih, then runs the steps on a team of
-// threads.
+// The forward loop over time: packs weight_hh and weight_ih (and weight_hr), then runs the
+// steps on a team of threads; with a projection each step in two halves, each ending at the
+// barrier.
 void RunForward(const Forward& forward) {
   const ForwardSteps f{forward};
   const Dims& d = f.d;
-  const int64_t items = d.dirs * d.panels();
-  const int64_t per_item = d.gates * (d.hidden + d.input) * kPanel;
+  const int64_t o = d.out();
+  const int64_t items = d.dirs * d.panels(), per_item = d.gates * (o + d.input) * kPanel;
+  const int64_t projs = d.proj != 0 ? d.dirs * Dims::Panels(o) : 0, per_proj = d.hidden * kPanel;
   const int64_t per_team = Tiles(d) * kUnitRows * kPanel;
-  Team team(Units(d), Cores(d));
+  const int64_t units = Units(d), proj_units = d.proj != 0 ? Units(d, o) : 0;
+  Team team(std::max(units, proj_units), Cores(d));
   Floats packed = Allocate(items * per_item);
+  Floats packed_hr = Allocate(projs * per_proj);
   Floats tiles = Allocate(team.threads() * per_team);
   team.Run([&](int me) {
     for (int64_t i = me; i < items; i += team.threads()) {
       PackForward(d, f.w_hh, f.w_ih, ItemAt(d, i), packed.get() + i * per_item);
     }
+    for (int64_t i = me; i < projs; i += team.threads()) {
+      PackProjection(d, f.w_hr, ItemAt(d, i, o), packed_hr.get() + i * per_proj);
+    }
     if (f.hm != nullptr) {  // h0 rounded, where step 0 reads h_prev
       for (int64_t r = me; r < d.rows; r += team.threads()) {
         const int64_t j = r / d.batch, b = r % d.batch;  // r = CarryRow(b, j)
-        RoundBf16(f.hm + (d.rows + d.Row(b, j)) * d.hidden, f.h0 + r * d.hidden, d.hidden);
+        RoundBf16(f.hm + (d.rows + d.Row(b, j)) * o, f.h0 + r * o, o);
       }
     }
     team.Sync();
     float* tile = tiles.get() + me * per_team;
-    for (int64_t s = 0; s < d.steps; ++s) {
-      team.ForEach(me, s, [&](int64_t index) {
+    for (int64_t s = 0, step = 0; s < d.steps; ++s) {
+      team.ForEach(me, step++, units, [&](int64_t index) {
         const Unit u = UnitAt(d, index);
         f.Step(s, u, packed.get() + u.it.index * per_item, tile);
+      });
+      team.Sync();
+      if (d.proj == 0) continue;
+      team.ForEach(me, step++, proj_units, [&](int64_t index) {
+        const Unit u = UnitAt(d, index, o);
+        f.Project(s, u, packed_hr.get() + u.it.index * per_proj, tile);
       });
       team.Sync();
     }
@@ -295,12 +341,13 @@ void RunForward(const Forward& forward) {
 
 struct BackwardSteps : Backward {
   // Gate cotangents of the unit's sequences at step s; leaves in dh / dc the part of the
-  // previous carry's cotangent that does not go through the matmul.
-  void Rows(int64_t s, const Unit& u) const {
-    for (int64_t b = u.b0; b < u.b0 + u.m; ++b) Row(s, u.it, b);
+  // previous carry's cotangent that does not go through the matmul. With a projection, dm:
+  // the unit's (kUnitRows, 32) tile of m's cotangent (ProjectedRows), which stands for h's.
+  void Rows(int64_t s, const Unit& u, const float* dm = nullptr) const {
+    for (int i = 0; i < u.m; ++i) Row(s, u.it, u.b0 + i, dm ? dm + i * kPanel : nullptr);
   }
 
-  void Row(int64_t s, const Item& it, int64_t b) const {
+  void Row(int64_t s, const Item& it, int64_t b, const float* dm) const {
     const int64_t h = d.hidden, gh = d.gh(), time = d.Time(s, it.dir);
     const int64_t at = time * d.rows + d.Row(b, it.dir), row = d.CarryRow(b, it.dir);
     const int64_t carry = row * h + it.u0;
@@ -309,15 +356,18 @@ struct BackwardSteps : Backward {
     Lanes lanes(it.nu);
     // As in the forward pass, every input is read before any output is written, lane by lane.
     const float *a[4] = {}, *c = nullptr, *cp = nullptr, *dc_in = nullptr;
-    float *dgx_out[4], *dgh_out[4] = {}, *dgm_out[4] = {}, *dc_out = nullptr;
-    const float* g_h_in = lanes.In(dhs + at * h + it.u0);
-    const float* dh_in = lanes.In(dh + carry);
+    float *dgx_out[4], *dgh_out[4] = {}, *dgm_out[4] = {}, *dc_out = nullptr, *dh_out = nullptr;
+    const float *g_h_in = dm, *dh_in = nullptr;
+    if (dm == nullptr) {
+      g_h_in = lanes.In(dhs + at * h + it.u0);
+      dh_in = lanes.In(dh + carry);
+    }
     if (lstm) {
       dc_in = lanes.In(dc + carry);
       c = lanes.In(aux + at * h + it.u0);
-      cp = lanes.In(Carry(d, c0, aux, s, b, it));
+      cp = lanes.In(Carry(d, c0, aux, s, b, it, h));
     } else if (gru) {
-      c = lanes.In(Carry(d, h0, hs, s, b, it));  // h_{t-1}
+      c = lanes.In(Carry(d, h0, hs, s, b, it, h));  // h_{t-1}
       a[3] = lanes.In(aux + at * h + it.u0);    // the recurrent half of n
     } else {
       c = lanes.In(hs + at * h + it.u0);
@@ -330,7 +380,7 @@ struct BackwardSteps : Backward {
       if (gru) dgh_out[g] = lanes.Out(dgh[s & 1] + row * gh + g * h + it.u0);
       if (dgm[0] != nullptr) dgm_out[g] = lanes.Out(dgm[s & 1] + row * gh + g * h + it.u0);
     }
-    float* dh_out = lanes.Out(dh + carry);
+    if (dm == nullptr) dh_out = lanes.Out(dh + carry);
     if (lstm) dc_out = lanes.Out(dc + carry);
     const vf one = Splat(1.0f);
     for (int v = 0; v < kPanel; v += kLanes) {
@@ -341,10 +391,10 @@ struct BackwardSteps : Backward {
         if (gru) Store(dgh_out[g] + v, gr);
         if (dgm_out[g] != nullptr) Store(dgm_out[g] + v, Bf16(gr));
       };
-      const vf g_h = Load(g_h_in + v) + Load(dh_in + v);
+      const vf g_h = dm ? Load(dm + v) : Load(g_h_in + v) + Load(dh_in + v);
       if (!keep) {
         for (int g = 0; g < d.gates; ++g) put(g, vf{}, vf{});
-        Store(dh_out + v, g_h);
+        if (dh_out != nullptr) Store(dh_out + v, g_h);
         if (lstm) Store(dc_out + v, Load(dc_in + v));
         continue;
       }
@@ -358,7 +408,7 @@ struct BackwardSteps : Backward {
         put(1, df, df);
         put(2, dg, dg);
         put(3, dout, dout);
-        Store(dh_out + v, vf{});
+        if (dh_out != nullptr) Store(dh_out + v, vf{});
         Store(dc_out + v, g_c * fg);
       } else if (gru) {
         const vf rg = Load(a[0] + v), zg = Load(a[1] + v), ng = Load(a[2] + v);
@@ -379,10 +429,41 @@ struct BackwardSteps : Backward {
     lanes.Flush();
   }
 
+  // With a projection, the first part of step s going back, for one unit over the P units of
+  // h: the cotangent of h at step s, dhs plus the carried dh, goes to the projection (dp, with
+  // bf16 rounded) where the sequence is valid, else on to h_{t-1} (dh).
+  void ProjectBack(int64_t s, const Unit& u) const {
+    const int64_t o = d.out(), j = u.it.dir, time = d.Time(s, j);
+    for (int64_t b = u.b0; b < u.b0 + u.m; ++b) {
+      const int64_t carry = d.CarryRow(b, j) * o + u.it.u0;
+      const bool keep = mask[time * d.batch + b] != 0;
+      Lanes lanes(u.it.nu);
+      const float* g_in = lanes.In(dhs + (time * d.rows + d.Row(b, j)) * o + u.it.u0);
+      const float* dh_in = lanes.In(dh + carry);
+      float* dh_out = lanes.Out(dh + carry);
+      float* dp_out = lanes.Out(dp[s & 1] + carry);
+      for (int v = 0; v < kPanel; v += kLanes) {
+        const vf g = Load(g_in + v) + Load(dh_in + v);
+        Store(dp_out + v, keep ? (d.bf16 ? Bf16(g) : g) : vf{});
+        Store(dh_out + v, keep ? vf{} : g);
+      }
+      lanes.Flush();
+    }
+  }
+
+  // With a projection, the second part of step s going back, for one unit over the H units of
+  // m, once all of dp is written: dm = dp @ W_hr for its rows and columns, then the gate math.
+  // packed: the item's (P, 32) panel of W_hr (PackBackward); tile: (kUnitRows, 32).
+  void ProjectedRows(int64_t s, const Unit& u, const float* packed, float* tile) const {
+    const int64_t o = d.out();
+    Matmul<false>(u.m, dp[s & 1] + d.CarryRow(u.b0, u.it.dir) * o, o, packed, o, tile);
+    Rows(s, u, tile);
+  }
+
   // h_prev of direction j's sequences at step s, the left operand of its weight gradients:
-  // rows of h0 (stride H) or of hs (stride k*H); with bf16 rounded into `buffer` (B, H).
+  // rows of h0 (stride out) or of hs (stride k*out); with bf16 rounded into `buffer` (B, out).
   const float* HPrev(int64_t s, int64_t j, float* buffer, int64_t* ldh) const {
-    const int64_t h = d.hidden;
+    const int64_t h = d.out();
     const float* hprev = s == 0 ? h0 + d.CarryRow(0, j) * h
                                 : hs + (d.Time(s - 1, j) * d.rows + d.Row(0, j)) * h;
     *ldh = s == 0 ? h : d.dirs * h;
@@ -393,18 +474,20 @@ struct BackwardSteps : Backward {
   }
 
   // Adds step s's part to an item's weight and bias gradients, sum_b [h_prev | x_s]^T dg_s,
-  // hprev as HPrev gives it. grads: the item's (G, H + D, 32) panels of [dW_hh | dW_ih]^T (row
-  // kk < H: hidden unit kk, then input feature kk - H; column c: gate row g*H + u0 + c), then
-  // its bias sums (2, G, 32), b_ih's then b_hh's. gather: (2, B, 32) scratch for the item's
-  // columns of dg_s. With bf16 the bias sums take dg_s as it is, the matmuls dg_s rounded, and
-  // the item's columns of dgx are left rounded too, for the input's gradient.
+  // hprev as HPrev gives it. grads: the item's (G, out + D, 32) panels of [dW_hh | dW_ih]^T
+  // (row kk < out: unit kk of h, then input feature kk - out; column c: gate row g*H + u0 + c),
+  // its bias sums (2, G, 32), b_ih's then b_hh's, then with a projection the (P, 32) panel of
+  // dW_hr^T (row p: unit p of h; column c: hidden unit u0 + c), sum_b dp_s^T m_s. gather:
+  // (2, B, 32) scratch for the item's columns of dg_s. With bf16 the bias sums take dg_s as it
+  // is, the matmuls dg_s rounded, and the item's columns of dgx are left rounded too, for the
+  // input's gradient.
   void AddWeights(int64_t s, const Item& it, const float* hprev, int64_t ldh, float* grads,
                   float* gather) const {
-    const int64_t h = d.hidden, in = d.input, gh = d.gh(), j = it.dir, batch = d.batch;
-    const int64_t time = d.Time(s, j);
+    const int64_t h = d.hidden, o = d.out(), in = d.input, gh = d.gh(), j = it.dir;
+    const int64_t time = d.Time(s, j), batch = d.batch;
     const bool gru = d.cell == kGru;
     const float* x = xs + time * batch * in;  // x_s: rows of xs
-    float* bias_ih = grads + d.gates * (h + in) * kPanel;
+    float* bias_ih = grads + d.gates * (o + in) * kPanel;
     float* bias_hh = bias_ih + d.gates * kPanel;
     for (int64_t g = 0; g < d.gates; ++g) {
       // gate g's columns: dgx's, and for the recurrent half GRU's dgh (n's differs), zero-padded
@@ -433,32 +516,45 @@ struct BackwardSteps : Backward {
           Put(dgx + (time * d.rows + d.Row(b, j)) * gh + g * h + it.u0, gx + b * kPanel, it.nu);
         }
       }
-      float* panel = grads + g * (h + in) * kPanel;
-      Matmul<true, true>(h, hprev, ldh, gr, batch, panel);
-      Matmul<true, true>(in, x, in, gx, batch, panel + h * kPanel);
+      float* panel = grads + g * (o + in) * kPanel;
+      Matmul<true, true>(o, hprev, ldh, gr, batch, panel);
+      Matmul<true, true>(in, x, in, gx, batch, panel + o * kPanel);
     }
+    if (d.proj == 0) return;
+    for (int64_t b = 0; b < batch; ++b) {  // the item's columns of m_s, rounded with bf16
+      Gather(gather + b * kPanel, ms + (time * d.rows + d.Row(b, j)) * h + it.u0, it.nu);
+    }
+    const float* dps = dp[s & 1] + d.CarryRow(0, j) * o;
+    Matmul<true, true>(o, dps, o, gather, batch, bias_hh + d.gates * kPanel);
   }
 
   // Writes an item's weight and bias gradients (AddWeights' grads) into the outputs.
   void Unpack(const Item& it, const float* grads) const {
-    const int64_t h = d.hidden, in = d.input, gh = d.gh();
-    const float* bias_ih = grads + d.gates * (h + in) * kPanel;
+    const int64_t h = d.hidden, o = d.out(), in = d.input, gh = d.gh();
+    const float* bias_ih = grads + d.gates * (o + in) * kPanel;
     const float* bias_hh = bias_ih + d.gates * kPanel;
     for (int64_t g = 0; g < d.gates; ++g) {
-      const float* panel = grads + g * (h + in) * kPanel;
+      const float* panel = grads + g * (o + in) * kPanel;
       for (int64_t c = 0; c < it.nu; ++c) {
         const int64_t n = it.dir * gh + g * h + it.u0 + c;
-        for (int64_t kk = 0; kk < h; ++kk) dw_hh[n * h + kk] = panel[kk * kPanel + c];
-        for (int64_t kk = 0; kk < in; ++kk) dw_ih[n * in + kk] = panel[(h + kk) * kPanel + c];
+        for (int64_t kk = 0; kk < o; ++kk) dw_hh[n * o + kk] = panel[kk * kPanel + c];
+        for (int64_t kk = 0; kk < in; ++kk) dw_ih[n * in + kk] = panel[(o + kk) * kPanel + c];
         db_ih[n] = bias_ih[g * kPanel + c];
         db_hh[n] = bias_hh[g * kPanel + c];
       }
     }
+    const float* hr = bias_hh + d.gates * kPanel;
+    for (int64_t p = 0; p < d.proj; ++p) {
+      for (int64_t c = 0; c < it.nu; ++c) {
+        dw_hr[(it.dir * d.proj + p) * h + it.u0 + c] = hr[p * kPanel + c];
+      }
+    }
   }
 
-  // Adds the recurrent matmul's part, dgh_s @ w, to the unit's block of dh.
+  // Adds the recurrent matmul's part, dgh_s @ w, to the unit's block of dh (a unit over the
+  // units of h: with a projection its P, else its H).
   void AddRecurrent(int64_t s, const Unit& u, const float* packed, float* tile) const {
-    const int64_t h = d.hidden, gh = d.gh(), nu = u.it.nu, j = u.it.dir;
+    const int64_t h = d.out(), gh = d.gh(), nu = u.it.nu, j = u.it.dir;
     // the unit's rows of dgh: with bf16 the rounded scratch (k*B, G*H), for GRU its own
     // scratch (k*B, G*H), else dgx (T, R, G*H)
     const bool scratch = d.cell == kGru || dgm[0] != nullptr;
@@ -482,30 +578,58 @@ struct BackwardSteps : Backward {
 void RunBackward(const Backward& backward) {
   const BackwardSteps bw{backward};
   const Dims& d = bw.d;
-  const int64_t T = d.steps;
+  const int64_t T = d.steps, o = d.out();
+  const bool projected = d.proj != 0;
   // Step t's matmul and step t - 1's gate math of a unit go together: the gate math needs the
-  // unit's block of dh, which the matmul has just completed.
-  const int64_t items = d.dirs * d.panels(), per_item = d.gh() * kPanel;
+  // unit's block of dh, which the matmul has just completed. With a projection the matmul's
+  // units are over the P units of h, the gate math's over the H units of m, and dh goes
+  // through dp = dh @ W_hr (ProjectBack, then ProjectedRows, after a barrier).
+  const int64_t items = d.dirs * d.panels();  // of the gates' columns: weight gradient owners
+  const int64_t recurrent = d.dirs * Dims::Panels(o), per_item = d.gh() * kPanel;
+  const int64_t per_proj = d.proj * kPanel;
+  const int64_t units = Units(d), recurrent_units = Units(d, o);
   const int64_t per_grads = Grads(d), per_gather = 2 * d.batch * kPanel;
-  Team team(Units(d), Cores(d));
-  Floats packed = Allocate(items * per_item);
+  Team team(std::max(units, recurrent_units), Cores(d));
+  Floats packed = Allocate(recurrent * per_item);
+  Floats packed_hr = Allocate(projected ? items * per_proj : 1);
   Floats grads = Allocate(items * per_grads);
   Floats tiles = Allocate(team.threads() * kUnitRows * kPanel);
   Floats gathered = Allocate(team.threads() * per_gather);
-  const int64_t per_hprev = d.bf16 ? d.batch * d.hidden : 0;
+  const int64_t per_hprev = d.bf16 ? d.batch * o : 0;
   Floats hprevs = Allocate(team.threads() * per_hprev);
   team.Run([&](int me) {
     // an item's weight gradients are its owner's: the worker that packs its weights
     for (int64_t i = me; i < items; i += team.threads()) {
-      PackBackward(d, bw.w, ItemAt(d, i), packed.get() + i * per_item);
+      if (projected) {
+        PackBackward(bw.w_hr, d.proj, d.hidden, ItemAt(d, i), packed_hr.get() + i * per_proj);
+      }
       std::memset(grads.get() + i * per_grads, 0, per_grads * sizeof(float));
+    }
+    for (int64_t i = me; i < recurrent; i += team.threads()) {
+      PackBackward(bw.w, d.gh(), o, ItemAt(d, i, o), packed.get() + i * per_item);
     }
     team.Sync();
     float* tile = tiles.get() + me * kUnitRows * kPanel;
     float* gather = gathered.get() + me * per_gather;
     int64_t step = 0;
-    team.ForEach(me, step++, [&](int64_t index) { bw.Rows(T - 1, UnitAt(d, index)); });
-    team.Sync();
+    // the gate math of step s, for every unit: with a projection after dp (ProjectBack)
+    auto gate_math = [&](int64_t s) {
+      team.ForEach(me, step++, units, [&](int64_t index) {
+        const Unit u = UnitAt(d, index);
+        if (projected) {
+          bw.ProjectedRows(s, u, packed_hr.get() + u.it.index * per_proj, tile);
+        } else {
+          bw.Rows(s, u);
+        }
+      });
+      team.Sync();
+    };
+    if (projected) {
+      team.ForEach(me, step++, recurrent_units,
+                   [&](int64_t index) { bw.ProjectBack(T - 1, UnitAt(d, index, o)); });
+      team.Sync();
+    }
+    gate_math(T - 1);
     for (int64_t t = T - 1; t >= 0; --t) {
       // first the weight gradients of step t, owner by owner, then the shared units, which
       // even out what the owners' shares leave uneven
@@ -516,12 +640,18 @@ void RunBackward(const Backward& backward) {
         if (it.dir != dir) hprev = bw.HPrev(t, dir = it.dir, hprevs.get() + me * per_hprev, &ldh);
         bw.AddWeights(t, it, hprev, ldh, grads.get() + i * per_grads, gather);
       }
-      team.ForEach(me, step++, [&](int64_t index) {
-        const Unit u = UnitAt(d, index);
+      team.ForEach(me, step++, recurrent_units, [&](int64_t index) {
+        const Unit u = UnitAt(d, index, o);
         bw.AddRecurrent(t, u, packed.get() + u.it.index * per_item, tile);
-        if (t > 0) bw.Rows(t - 1, u);
+        if (t == 0) return;
+        if (projected) {
+          bw.ProjectBack(t - 1, u);
+        } else {
+          bw.Rows(t - 1, u);
+        }
       });
       team.Sync();
+      if (projected && t > 0) gate_math(t - 1);
     }
     for (int64_t i = me; i < items; i += team.threads()) {
       bw.Unpack(ItemAt(d, i), grads.get() + i * per_grads);

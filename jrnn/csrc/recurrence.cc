@@ -7,33 +7,39 @@
 // pure-JAX path these calls are tested against.
 //
 // Shapes (float32 unless noted): T steps, B batch, k directions, R = B * k rows, H hidden units,
-// G gates (1 RNN, 4 LSTM i f g o, 3 GRU r z n). Arrays over time are (T, B, k, ...) seen as
-// (T, R, ...): a row is (batch b, direction j), row b * k + j, and time is real time, also for
-// a direction that runs backwards (bit j of the attribute `reverse` set: it goes from t = T - 1
-// down to 0). So hs is the layer's output as it is: no flips, no concatenations.
+// G gates (1 RNN, 4 LSTM i f g o, 3 GRU r z n); O the size of h: P for an LSTM with a projection
+// (h = m @ W_hr^T, m = o * tanh(c); PyTorch's proj_size), else H. Arrays over time are
+// (T, B, k, ...) seen as (T, R, ...): a row is (batch b, direction j), row b * k + j, and time
+// is real time, also for a direction that runs backwards (bit j of the attribute `reverse` set:
+// it goes from t = T - 1 down to 0). So hs is the layer's output as it is: no flips, no
+// concatenations.
 //   forward  in:  xs (T, B, D)     the layer's input
 //                 w_ih (k, G*H, D), b_ih (k, G*H)  weight_ih, bias_ih per direction
-//                 w_hh (k, G*H, H), b_hh (k, G*H)  weight_hh, bias_hh (zero biases without bias)
-//                 h0, c0 (k*B, H)  initial carry, direction-major (c0 unused but for LSTM)
+//                 w_hh (k, G*H, O), b_hh (k, G*H)  weight_hh, bias_hh (zero biases without bias)
+//                 w_hr (k, P, H)   weight_hr, the projection; (1,) for none
+//                 h0 (k*B, O), c0 (k*B, H)  initial carry, direction-major (c0 unused but for
+//                                  LSTM)
 //                 mask (T, B) u8   1 where a sequence's step is valid; else the carry is kept
 //           attr: save             1: write act for a backward pass; 0: act is (1,)
 //                 bf16             1: mixed precision (jrnn.cells.mixed_einsum's contract): the
 //                                  caller passes xs, w_ih, w_hh rounded to bfloat16 and the loop
 //                                  rounds each h_{t-1} (and, going back, each gate cotangent)
 //                                  before its matmul; biases, gate math and carries stay float32
-//           out:  hs (T, R, H)     the carry h after every step
+//           out:  hs (T, R, O)     the carry h after every step
 //                 aux (T, R, H)    LSTM: the carry c; GRU: n's recurrent half; RNN: (1,)
 //                 act (T, R, G*H)  LSTM, GRU with save: the gates after their activations;
 //                                  else (1,)
-//   backward in:  w_hh, xs, h0, c0, mask, the forward's outputs; dhs (T, R, H), the cotangent
-//                 of hs; dhn, dcn (k*B, H), those of the final carry (dcn read for LSTM only)
+//                 ms (T, R, H)     with a projection each step's m (with bf16 rounded); else (1,)
+//   backward in:  w_hh, w_hr, xs, h0, c0, mask, the forward's outputs; dhs (T, R, O), the
+//                 cotangent of hs; dhn (k*B, O), dcn (k*B, H), those of the final carry (dcn
+//                 read for LSTM only)
 //           attr: bf16             as in the forward pass (bias gradients from the exact
 //                                  cotangents, weight gradients from the rounded ones)
 //           out:  dgx (T, R, G*H)  cotangent of the gates before their activations (the input
 //                                  half's, for GRU's n gate); with bf16 rounded
-//                 dh0, dc0 (k*B, H) cotangents of h0 and c0 (dc0 zero but for LSTM)
-//                 dw_ih (k, G*H, D), dw_hh (k, G*H, H), db_ih, db_hh (k, G*H)  the weights'
-//                                  and biases' gradients
+//                 dh0 (k*B, O), dc0 (k*B, H)  cotangents of h0 and c0 (dc0 zero but for LSTM)
+//                 dw_ih (k, G*H, D), dw_hh (k, G*H, O), dw_hr (k, P, H) or (1,), db_ih, db_hh
+//                                  (k, G*H)  the weights' and biases' gradients
 // The caller lets dgx overwrite act (RNN: dhs): that input is read, lane by lane, before the
 // output that takes its place is written, and it is not needed afterwards. That spares a 16 MB
 // buffer and its cache misses per LSTM layer and call.
@@ -46,7 +52,11 @@
 // or of the gate cotangents (backward) must be written before any thread starts the next step's
 // matmul. In the backward pass an item's weight gradients belong to one thread, which adds each
 // step's part, sum_b [h_prev | x]^T dg, to them while that step is in cache, so no (T, B, G*H)
-// array is read again after the loop and no [x | h_prev] array is formed.
+// array is read again after the loop and no [x | h_prev] array is formed. With a projection a
+// step has a second half and barrier: h = m @ W_hr^T in units over the P units of h (going back
+// first the cotangent of h, split over P into the projection's and the carried part, then
+// dm = dp @ W_hr and the gate math over H); the owners of the gates' weight gradients also add
+// dW_hr's part, dp^T m, for their hidden units.
 // Units are handed out per step as in common.h's Team (own share first, then help). What a
 // unit computes is in loops.h, compiled once per instruction set (see "The loops" below).
 
@@ -73,7 +83,11 @@ struct Dims {
   int64_t steps, rows, dirs, batch, hidden, gates;
   int64_t input;  // D, the layer's input size
   bool bf16;      // the matmuls' operands rounded to bfloat16 (products summed in float32)
-  int64_t panels() const { return (hidden + kPanel - 1) / kPanel; }
+  int64_t proj;   // P, the LSTM's projection size (h = m @ W_hr^T), or 0 for none
+  // The size of h, the output and the recurrent matmul's operand: P with a projection, else H.
+  int64_t out() const { return proj != 0 ? proj : hidden; }
+  static int64_t Panels(int64_t width) { return (width + kPanel - 1) / kPanel; }
+  int64_t panels() const { return Panels(hidden); }
   int64_t gh() const { return gates * hidden; }
   // The time that direction j is at in its step s.
   int64_t Time(int64_t s, int64_t j) const { return (reverse >> j) & 1 ? steps - 1 - s : s; }
@@ -93,20 +107,25 @@ struct Dims {
 // started its own helper thread, the cutoff had to be 400 MFLOP.)
 int64_t Cores(const Dims& d) {
   constexpr double kMinCallFlops = 5e7;
-  const double flops = 2.0 * d.steps * d.rows * d.gh() * (d.hidden + d.input);
+  const double flops =
+      2.0 * d.steps * d.rows * (d.gh() * (d.out() + d.input) + d.proj * d.hidden);
   return flops < kMinCallFlops ? 1 : AvailableCores();
 }
 
-// A work item: one direction's panel of hidden units [u0, u0 + nu), whose weights are packed
-// together.
+// A work item: one direction's panel of units [u0, u0 + nu), whose weights are packed
+// together: of the H hidden units (the gates' columns), or with a projection of the P units of h
+// (the projection's and, going back, the recurrent matmul's columns).
 struct Item {
   int64_t index, dir, u0, nu;
 };
 
-Item ItemAt(const Dims& d, int64_t i) {
-  int64_t dir = i / d.panels(), u0 = (i % d.panels()) * kPanel;
-  return {i, dir, u0, std::min<int64_t>(kPanel, d.hidden - u0)};
+// Item i of the items over `width` units per direction (H unless given).
+Item ItemAt(const Dims& d, int64_t i, int64_t width) {
+  const int64_t panels = Dims::Panels(width), dir = i / panels, u0 = (i % panels) * kPanel;
+  return {i, dir, u0, std::min<int64_t>(kPanel, width - u0)};
 }
+
+Item ItemAt(const Dims& d, int64_t i) { return ItemAt(d, i, d.hidden); }
 
 // A unit of one step's work: an item's sequences [b0, b0 + m), m <= kUnitRows.
 struct Unit {
@@ -117,20 +136,26 @@ struct Unit {
 
 int64_t Blocks(const Dims& d) { return (d.batch + kUnitRows - 1) / kUnitRows; }
 
-int64_t Units(const Dims& d) { return d.dirs * d.panels() * Blocks(d); }
+// Units of the items over `width` units (H unless given), and unit u of them.
+int64_t Units(const Dims& d, int64_t width) { return d.dirs * Dims::Panels(width) * Blocks(d); }
 
-Unit UnitAt(const Dims& d, int64_t u) {
-  const Item it = ItemAt(d, u / Blocks(d));
+int64_t Units(const Dims& d) { return Units(d, d.hidden); }
+
+Unit UnitAt(const Dims& d, int64_t u, int64_t width) {
+  const Item it = ItemAt(d, u / Blocks(d), width);
   const int64_t first = (u % Blocks(d)) * kUnitRows;
   return {it, first, static_cast<int>(std::min<int64_t>(kUnitRows, d.batch - first))};
 }
 
-// The item's lanes of sequence b's carry entering step s: `first` (h0 or c0, (k*B, H)) at
-// s = 0, else `all` (hs or the LSTM's cell states, (T, R, H)) at the time of step s - 1.
+Unit UnitAt(const Dims& d, int64_t u) { return UnitAt(d, u, d.hidden); }
+
+// The item's lanes of sequence b's carry entering step s: `first` (h0 or c0, (k*B, width)) at
+// s = 0, else `all` (hs or the LSTM's cell states, (T, R, width)) at the time of step s - 1;
+// width: P or H for h (Dims::out), H for c.
 inline const float* Carry(const Dims& d, const float* first, const float* all, int64_t s,
-                          int64_t b, const Item& it) {
-  if (s == 0) return first + d.CarryRow(b, it.dir) * d.hidden + it.u0;
-  return all + (d.Time(s - 1, it.dir) * d.rows + d.Row(b, it.dir)) * d.hidden + it.u0;
+                          int64_t b, const Item& it, int64_t width) {
+  if (s == 0) return first + d.CarryRow(b, it.dir) * width + it.u0;
+  return all + (d.Time(s - 1, it.dir) * d.rows + d.Row(b, it.dir)) * width + it.u0;
 }
 
 // Copies n <= 32 floats into a row of 32, zero-padded.
@@ -143,23 +168,33 @@ inline void Gather(float* dst, const float* src, int64_t n) {
 // Forward.
 
 // Packs weight_hh and weight_ih for the forward matmuls: the item's panel of gate g holds, for
-// every hidden unit kk, the 32 weights w_hh[dir][g*H + u0 + c][kk], then for every input
-// feature kk the 32 weights w_ih[dir][g*H + u0 + c][kk] (zero past H): (G, H + D, 32).
+// every unit kk of h (Dims::out), the 32 weights w_hh[dir][g*H + u0 + c][kk], then for every
+// input feature kk the 32 weights w_ih[dir][g*H + u0 + c][kk] (zero past H): (G, out + D, 32).
 void PackForward(const Dims& d, const float* w_hh, const float* w_ih, const Item& it,
                  float* out) {
-  const int64_t h = d.hidden, in = d.input;
+  const int64_t h = d.hidden, o = d.out(), in = d.input;
   for (int64_t g = 0; g < d.gates; ++g) {
-    float* panel = out + g * (h + in) * kPanel;
-    const float* rows = w_hh + (it.dir * d.gh() + g * h + it.u0) * h;
+    float* panel = out + g * (o + in) * kPanel;
+    const float* rows = w_hh + (it.dir * d.gh() + g * h + it.u0) * o;
     const float* rows_ih = w_ih + (it.dir * d.gh() + g * h + it.u0) * in;
     for (int64_t c = 0; c < kPanel; ++c) {
-      for (int64_t kk = 0; kk < h; ++kk) {
-        panel[kk * kPanel + c] = c < it.nu ? rows[c * h + kk] : 0.0f;
+      for (int64_t kk = 0; kk < o; ++kk) {
+        panel[kk * kPanel + c] = c < it.nu ? rows[c * o + kk] : 0.0f;
       }
       for (int64_t kk = 0; kk < in; ++kk) {
-        panel[(h + kk) * kPanel + c] = c < it.nu ? rows_ih[c * in + kk] : 0.0f;
+        panel[(o + kk) * kPanel + c] = c < it.nu ? rows_ih[c * in + kk] : 0.0f;
       }
     }
+  }
+}
+
+// Packs weight_hr (k, P, H) for the forward projection: the item's (over the P units of h)
+// panel holds, for every hidden unit kk, the 32 weights w_hr[dir][u0 + c][kk]: (H, 32).
+void PackProjection(const Dims& d, const float* w_hr, const Item& it, float* out) {
+  const int64_t h = d.hidden;
+  const float* rows = w_hr + (it.dir * d.proj + it.u0) * h;
+  for (int64_t kk = 0; kk < h; ++kk) {
+    for (int64_t c = 0; c < kPanel; ++c) out[kk * kPanel + c] = c < it.nu ? rows[c * h + kk] : 0.0f;
   }
 }
 
@@ -196,40 +231,45 @@ class Lanes {
 
 struct Forward {
   Dims d;
-  const float *xs, *w_ih, *b_ih, *w_hh, *b_hh, *h0, *c0;
+  const float *xs, *w_ih, *b_ih, *w_hh, *b_hh, *w_hr, *h0, *c0;
   const uint8_t* mask;
   float *hs, *aux;
   float* act;  // nullptr when the call keeps no gates for a backward pass
-  float* hm;   // with bf16: h rounded, the recurrent matmul's operand (2, R, H) by step parity
+  float* hm;   // with bf16: h rounded, the recurrent matmul's operand (2, R, out) by step parity
+  float* ms;   // with a projection: m = o * tanh(c) (T, R, H), with bf16 rounded; else nullptr
 };
 
 // ---------------------------------------------------------------------------------------------
 // Backward.
 
-// Packs weight_hh for the backward matmul: the item's panel holds, for every gate row n, the
-// 32 weights w[dir][n][u0 + c] (zero past H).
-void PackBackward(const Dims& d, const float* w, const Item& it, float* out) {
-  const int64_t h = d.hidden;
-  for (int64_t n = 0; n < d.gh(); ++n) {
-    const float* src = w + (it.dir * d.gh() + n) * h + it.u0;
+// Packs a (k, N, W) weight for a backward matmul over its rows: the item's (over the W columns)
+// panel holds, for every row n, the 32 weights w[dir][n][u0 + c] (zero past W): (N, 32).
+// weight_hh (N = G*H, W = out) for dh, weight_hr (N = P, W = H) for dm.
+void PackBackward(const float* w, int64_t rows, int64_t width, const Item& it, float* out) {
+  for (int64_t n = 0; n < rows; ++n) {
+    const float* src = w + (it.dir * rows + n) * width + it.u0;
     for (int64_t c = 0; c < kPanel; ++c) out[n * kPanel + c] = c < it.nu ? src[c] : 0.0f;
   }
 }
 
 // Floats of one item's weight and bias gradients while the backward loop adds to them
-// (BackwardSteps::AddWeights): (G, H + D, 32) panels, then (2, G, 32) bias sums.
-int64_t Grads(const Dims& d) { return d.gates * (d.hidden + d.input + 2) * kPanel; }
+// (BackwardSteps::AddWeights): (G, out + D, 32) panels, (2, G, 32) bias sums, then with a
+// projection a (P, 32) panel of dW_hr^T.
+int64_t Grads(const Dims& d) {
+  return (d.gates * (d.out() + d.input + 2) + d.proj) * kPanel;
+}
 
 struct Backward {
   Dims d;
-  const float *w, *xs, *h0, *c0;
+  const float *w, *w_hr, *xs, *h0, *c0;
   const uint8_t* mask;
-  const float *hs, *aux, *act, *dhs;
+  const float *hs, *aux, *act, *ms, *dhs;
   float* dgx;            // may alias act, or dhs (see the FFI handler)
   float *dh, *dc;        // the cotangent of the carry entering the present step
   float* dgh[2];         // GRU: cotangent of the recurrent half (k*B, G*H), by step parity
   float* dgm[2];         // with bf16: the recurrent half's cotangent rounded (k*B, G*H), ditto
-  float *dw_ih, *dw_hh, *db_ih, *db_hh;
+  float* dp[2];          // with a projection: the cotangent of m @ W_hr^T (k*B, P), ditto
+  float *dw_ih, *dw_hh, *dw_hr, *db_ih, *db_hh;
 };
 
 }  // namespace
@@ -355,9 +395,11 @@ std::string Runnable() {
 // ---------------------------------------------------------------------------------------------
 // FFI handlers.
 
-// Dims of a call of `steps` steps on `batch` sequences of `input` features (0: backward).
+// Dims of a call of `steps` steps on `batch` sequences of `input` features, from the shapes of
+// w_hh (k, G*H, out) and w_hr ((k, P, H) with a projection, else (1,)).
 ffi::Error MakeDims(int32_t cell, int32_t reverse, int32_t bf16, int64_t steps, int64_t batch,
-                    int64_t input, ffi::Span<const int64_t> w, Dims* d) {
+                    int64_t input, ffi::Span<const int64_t> w, ffi::Span<const int64_t> w_hr,
+                    Dims* d) {
   if (cell < kRnnTanh || cell > kGru) {
     return ffi::Error::InvalidArgument("jrnn recurrence: cell: expected 0..3, got " +
                                        std::to_string(cell));
@@ -365,10 +407,22 @@ ffi::Error MakeDims(int32_t cell, int32_t reverse, int32_t bf16, int64_t steps, 
   if (w.size() != 3) {
     return ffi::Error::InvalidArgument("jrnn recurrence: w_hh: expected rank 3, got " + Shape(w));
   }
-  const int64_t gates = Gates(cell), dirs = w[0], hidden = w[2];
+  const bool projected = w_hr.size() == 3;
+  if (projected && (cell != kLstm || w_hr[0] != w[0] || w_hr[1] != w[2] || w_hr[1] < 1)) {
+    return ffi::Error::InvalidArgument(
+        "jrnn recurrence: w_hr: expected (k, P, H) for an LSTM with w_hh (k, 4*H, P), got " +
+        Shape(w_hr) + " with w_hh " + Shape(w) + " for cell " + std::to_string(cell));
+  }
+  if (!projected && !(w_hr.size() == 1 && w_hr[0] == 1)) {
+    return ffi::Error::InvalidArgument(
+        "jrnn recurrence: w_hr: expected (k, P, H), or (1,) for no projection, got " +
+        Shape(w_hr));
+  }
+  const int64_t gates = Gates(cell), dirs = w[0], hidden = projected ? w_hr[2] : w[2];
   if (w[1] != gates * hidden || dirs < 1) {
     return ffi::Error::InvalidArgument(
         "jrnn recurrence: expected w_hh (k, G*H, H) with G = " + std::to_string(gates) +
+        (projected ? " and H = " + std::to_string(hidden) + " (w_hr)" : std::string()) +
         ", got " + Shape(w));
   }
   if (reverse < 0 || reverse >= (1 << dirs)) {
@@ -376,103 +430,118 @@ ffi::Error MakeDims(int32_t cell, int32_t reverse, int32_t bf16, int64_t steps, 
                                        std::to_string(dirs) + " directions, got " +
                                        std::to_string(reverse));
   }
-  *d = Dims{cell, reverse, steps, batch * dirs, dirs, batch, hidden, gates, input, bf16 != 0};
+  *d = Dims{cell,  reverse, steps,     batch * dirs,          dirs, batch,
+            hidden, gates,  input,     bf16 != 0, projected ? w_hr[1] : 0};
   return ffi::Error::Success();
 }
 
-// Forward outputs: hs (T, R, H); aux, for LSTM c (T, R, H), for GRU the recurrent half of n
+// Forward outputs: hs (T, R, out); aux, for LSTM c (T, R, H), for GRU the recurrent half of n
 // (T, R, H), else (1,); act, with save the gate activations (T, R, G*H) for LSTM and GRU, else
-// (1,).
+// (1,); ms, with a projection m (T, R, H), else (1,).
 ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
                       ffi::Buffer<ffi::F32> b_ih, ffi::Buffer<ffi::F32> w_hh,
-                      ffi::Buffer<ffi::F32> b_hh, ffi::Buffer<ffi::F32> h0,
-                      ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::U8> mask, int32_t cell,
-                      int32_t reverse, int32_t save, int32_t bf16, ffi::ResultBuffer<ffi::F32> hs,
-                      ffi::ResultBuffer<ffi::F32> aux, ffi::ResultBuffer<ffi::F32> act) {
+                      ffi::Buffer<ffi::F32> b_hh, ffi::Buffer<ffi::F32> w_hr,
+                      ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                      ffi::Buffer<ffi::U8> mask, int32_t cell, int32_t reverse, int32_t save,
+                      int32_t bf16, ffi::ResultBuffer<ffi::F32> hs,
+                      ffi::ResultBuffer<ffi::F32> aux, ffi::ResultBuffer<ffi::F32> act,
+                      ffi::ResultBuffer<ffi::F32> ms) {
   if (xs.dimensions().size() != 3) {
     return ffi::Error::InvalidArgument("jrnn recurrence: xs: expected rank 3 (T, B, D), got " +
                                        Shape(xs.dimensions()));
   }
   const auto x = xs.dimensions();
   Dims d;
-  JRNN_CHECK(MakeDims(cell, reverse, bf16, x[0], x[1], x[2], w_hh.dimensions(), &d));
-  const int64_t T = d.steps, R = d.rows, H = d.hidden, k = d.dirs;
+  JRNN_CHECK(MakeDims(cell, reverse, bf16, x[0], x[1], x[2], w_hh.dimensions(),
+                      w_hr.dimensions(), &d));
+  const int64_t T = d.steps, R = d.rows, H = d.hidden, O = d.out(), k = d.dirs;
   const bool gated = d.gates > 1, keep_gates = gated && save != 0;
   JRNN_CHECK(Expect("w_ih", w_ih.dimensions(), {k, d.gh(), d.input}));
   JRNN_CHECK(Expect("b_ih", b_ih.dimensions(), {k, d.gh()}));
   JRNN_CHECK(Expect("b_hh", b_hh.dimensions(), {k, d.gh()}));
-  JRNN_CHECK(Expect("h0", h0.dimensions(), {R, H}));
+  JRNN_CHECK(Expect("h0", h0.dimensions(), {R, O}));
   JRNN_CHECK(Expect("c0", c0.dimensions(), {R, H}));
   JRNN_CHECK(Expect("mask", mask.dimensions(), {T, d.batch}));
-  JRNN_CHECK(Expect("hs", hs->dimensions(), {T, R, H}));
+  JRNN_CHECK(Expect("hs", hs->dimensions(), {T, R, O}));
+  JRNN_CHECK(d.proj != 0 ? Expect("ms", ms->dimensions(), {T, R, H})
+                         : Expect("ms", ms->dimensions(), {1}));
   JRNN_CHECK(gated ? Expect("aux", aux->dimensions(), {T, R, H})
                    : Expect("aux", aux->dimensions(), {1}));
   JRNN_CHECK(keep_gates ? Expect("act", act->dimensions(), {T, R, d.gh()})
                         : Expect("act", act->dimensions(), {1}));
-  Floats rounded = Allocate(d.bf16 ? 2 * R * H : 1);
+  Floats rounded = Allocate(d.bf16 ? 2 * R * O : 1);
   const Forward f{d,
                   xs.typed_data(),
                   w_ih.typed_data(),
                   b_ih.typed_data(),
                   w_hh.typed_data(),
                   b_hh.typed_data(),
+                  w_hr.typed_data(),
                   h0.typed_data(),
                   c0.typed_data(),
                   mask.typed_data(),
                   hs->typed_data(),
                   aux->typed_data(),
                   keep_gates ? act->typed_data() : nullptr,
-                  d.bf16 ? rounded.get() : nullptr};
+                  d.bf16 ? rounded.get() : nullptr,
+                  d.proj != 0 ? ms->typed_data() : nullptr};
   selected->forward(f);
   return ffi::Error::Success();
 }
 
 
-// Backward inputs: w_hh, xs, h0, c0, mask, the forward's outputs, dhs: the cotangent of hs,
-// and dhn, dcn: those of the final carry (dcn read for LSTM only). Outputs: dgx (T, R, G*H);
-// dh0 and dc0 (k*B, H); dw_ih (k, G*H, D), dw_hh (k, G*H, H), db_ih and db_hh (k, G*H). The
-// caller may alias dgx to act (RNN: to dhs).
-ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> xs,
-                       ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
-                       ffi::Buffer<ffi::U8> mask, ffi::Buffer<ffi::F32> hs,
-                       ffi::Buffer<ffi::F32> aux, ffi::Buffer<ffi::F32> act,
+// Backward inputs: w_hh, w_hr, xs, h0, c0, mask, the forward's outputs, dhs: the cotangent
+// of hs, and dhn, dcn: those of the final carry (dcn read for LSTM only). Outputs: dgx
+// (T, R, G*H); dh0 (k*B, out) and dc0 (k*B, H); dw_ih (k, G*H, D), dw_hh (k, G*H, out), dw_hr
+// (k, P, H) or (1,), db_ih and db_hh (k, G*H). The caller may alias dgx to act (RNN: to dhs).
+ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> w_hr,
+                       ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> h0,
+                       ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::U8> mask,
+                       ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> aux,
+                       ffi::Buffer<ffi::F32> act, ffi::Buffer<ffi::F32> ms,
                        ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> dhn,
-                       ffi::Buffer<ffi::F32> dcn, int32_t cell, int32_t reverse,
-                       int32_t bf16, ffi::ResultBuffer<ffi::F32> dgx, ffi::ResultBuffer<ffi::F32> dh0,
+                       ffi::Buffer<ffi::F32> dcn, int32_t cell, int32_t reverse, int32_t bf16,
+                       ffi::ResultBuffer<ffi::F32> dgx, ffi::ResultBuffer<ffi::F32> dh0,
                        ffi::ResultBuffer<ffi::F32> dc0, ffi::ResultBuffer<ffi::F32> dw_ih,
-                       ffi::ResultBuffer<ffi::F32> dw_hh, ffi::ResultBuffer<ffi::F32> db_ih,
-                       ffi::ResultBuffer<ffi::F32> db_hh) {
+                       ffi::ResultBuffer<ffi::F32> dw_hh, ffi::ResultBuffer<ffi::F32> dw_hr,
+                       ffi::ResultBuffer<ffi::F32> db_ih, ffi::ResultBuffer<ffi::F32> db_hh) {
   if (xs.dimensions().size() != 3) {
     return ffi::Error::InvalidArgument("jrnn recurrence: xs: expected rank 3 (T, B, D), got " +
                                        Shape(xs.dimensions()));
   }
   const auto x = xs.dimensions();
   Dims d;
-  JRNN_CHECK(MakeDims(cell, reverse, bf16, x[0], x[1], x[2], w.dimensions(), &d));
-  const int64_t T = d.steps, R = d.rows, H = d.hidden, k = d.dirs;
+  JRNN_CHECK(MakeDims(cell, reverse, bf16, x[0], x[1], x[2], w.dimensions(), w_hr.dimensions(),
+                      &d));
+  const int64_t T = d.steps, R = d.rows, H = d.hidden, O = d.out(), k = d.dirs;
   const bool gated = d.gates > 1;
   JRNN_CHECK(Expect("dgx", dgx->dimensions(), {T, R, d.gh()}));
-  JRNN_CHECK(Expect("h0", h0.dimensions(), {R, H}));
+  JRNN_CHECK(Expect("h0", h0.dimensions(), {R, O}));
   JRNN_CHECK(Expect("c0", c0.dimensions(), {R, H}));
   JRNN_CHECK(Expect("mask", mask.dimensions(), {T, d.batch}));
-  JRNN_CHECK(Expect("hs", hs.dimensions(), {T, R, H}));
-  JRNN_CHECK(Expect("dhs", dhs.dimensions(), {T, R, H}));
+  JRNN_CHECK(Expect("hs", hs.dimensions(), {T, R, O}));
+  JRNN_CHECK(Expect("dhs", dhs.dimensions(), {T, R, O}));
+  JRNN_CHECK(d.proj != 0 ? Expect("ms", ms.dimensions(), {T, R, H})
+                         : Expect("ms", ms.dimensions(), {1}));
+  JRNN_CHECK(d.proj != 0 ? Expect("dw_hr", dw_hr->dimensions(), {k, d.proj, H})
+                         : Expect("dw_hr", dw_hr->dimensions(), {1}));
   JRNN_CHECK(gated ? Expect("aux", aux.dimensions(), {T, R, H})
                    : Expect("aux", aux.dimensions(), {1}));
   JRNN_CHECK(gated ? Expect("act", act.dimensions(), {T, R, d.gh()})
                    : Expect("act", act.dimensions(), {1}));
-  JRNN_CHECK(Expect("dhn", dhn.dimensions(), {R, H}));
+  JRNN_CHECK(Expect("dhn", dhn.dimensions(), {R, O}));
   JRNN_CHECK(Expect("dcn", dcn.dimensions(), {R, H}));
-  JRNN_CHECK(Expect("dh0", dh0->dimensions(), {R, H}));
+  JRNN_CHECK(Expect("dh0", dh0->dimensions(), {R, O}));
   JRNN_CHECK(Expect("dc0", dc0->dimensions(), {R, H}));
   JRNN_CHECK(Expect("dw_ih", dw_ih->dimensions(), {k, d.gh(), d.input}));
-  JRNN_CHECK(Expect("dw_hh", dw_hh->dimensions(), {k, d.gh(), H}));
+  JRNN_CHECK(Expect("dw_hh", dw_hh->dimensions(), {k, d.gh(), O}));
   JRNN_CHECK(Expect("db_ih", db_ih->dimensions(), {k, d.gh()}));
   JRNN_CHECK(Expect("db_hh", db_hh->dimensions(), {k, d.gh()}));
   Floats scratch = Allocate(cell == kGru ? 2 * R * d.gh() : 1);
   Floats rounded = Allocate(d.bf16 ? 2 * R * d.gh() : 1);
+  Floats projected = Allocate(2 * R * d.proj);
   // dh0 and dc0 hold the carry's cotangent as the loop goes back, starting from the final one
-  Put(dh0->typed_data(), dhn.typed_data(), R * H);
+  Put(dh0->typed_data(), dhn.typed_data(), R * O);
   if (cell == kLstm) {
     Put(dc0->typed_data(), dcn.typed_data(), R * H);
   } else {
@@ -480,6 +549,7 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> xs,
   }
   const Backward bw{d,
                     w.typed_data(),
+                    w_hr.typed_data(),
                     xs.typed_data(),
                     h0.typed_data(),
                     c0.typed_data(),
@@ -487,14 +557,17 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> xs,
                     hs.typed_data(),
                     aux.typed_data(),
                     act.typed_data(),
+                    ms.typed_data(),
                     dhs.typed_data(),
                     dgx->typed_data(),
                     dh0->typed_data(),
                     dc0->typed_data(),
                     {scratch.get(), scratch.get() + (cell == kGru ? R * d.gh() : 0)},
                     {d.bf16 ? rounded.get() : nullptr, d.bf16 ? rounded.get() + R * d.gh() : nullptr},
+                    {projected.get(), projected.get() + R * d.proj},
                     dw_ih->typed_data(),
                     dw_hh->typed_data(),
+                    dw_hr->typed_data(),
                     db_ih->typed_data(),
                     db_hh->typed_data()};
   selected->backward(bw);
@@ -511,6 +584,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceForward, jrnn::ForwardFfi,
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // b_ih
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // w_hh
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // b_hh
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // w_hr
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // h0
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // c0
                                   .Arg<xla::ffi::Buffer<xla::ffi::U8>>()   // mask
@@ -520,11 +594,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceForward, jrnn::ForwardFfi,
                                   .Attr<int32_t>("bf16")
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // hs
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // aux
-                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>());  // act
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // act
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>());  // ms
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceBackward, jrnn::BackwardFfi,
                               xla::ffi::Ffi::Bind()
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // w
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // w_hr
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // xs
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // h0
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // c0
@@ -532,6 +608,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceBackward, jrnn::BackwardFfi,
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // hs
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // aux
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // act
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // ms
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // dhs
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // dhn
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()  // dcn
@@ -543,6 +620,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceBackward, jrnn::BackwardFfi,
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dc0
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dw_ih
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dw_hh
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // dw_hr
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // db_ih
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>());  // db_hh
 

@@ -61,7 +61,7 @@ def resolve(cell: Cell, params: tuple[Params, ...], xs: Any, options: Options) -
     """The method that runs this layer.
 
     ``"auto"`` is the compiled path where it can run the layer (CPU, float32, a built-in cell,
-    no projection or mixed precision), else the associative path for a cell with an
+    mixed precision bfloat16 only), else the associative path for a cell with an
     associative form where it was measured faster (:func:`jrnn.methods.associative.preferred`),
     else the scan. An explicit method that cannot run the layer raises a ``ValueError`` that says
     why.

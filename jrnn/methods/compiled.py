@@ -137,8 +137,6 @@ def unsupported(cell: Cell, params: tuple[Params, ...], xs: Any, options: Option
         return f"it computes in float32 only, got {sorted(map(str, dtypes))}"
     if options.matmul_dtype is not None and jnp.dtype(options.matmul_dtype) != jnp.bfloat16:
         return f"its mixed precision is bfloat16 only, got matmul_dtype={options.matmul_dtype!r}"
-    if "weight_hr" in params[0]:
-        return "it has no LSTM projection (proj_size)"
     return None
 
 
@@ -164,8 +162,10 @@ def layer(
     bf16 = options.matmul_dtype is not None
 
     def forward(p, flags, xs, carry, mask):
-        weights = [p.get(name) for name in ("weight_ih", "bias_ih", "weight_hh", "bias_hh")]
-        ys, h, c = call(cell.kernel, xs, *weights, *carry, mask, flags, bf16=bf16)
+        names = ("weight_ih", "bias_ih", "weight_hh", "bias_hh")
+        weights = [p.get(name) for name in names]
+        ys, h, c = call(cell.kernel, xs, *weights, *carry, mask, flags, bf16=bf16,
+                        weight_hr=p.get("weight_hr"))  # fmt: skip
         return ys, (h, c)
 
     if not options.remat:
@@ -194,45 +194,58 @@ def call(
     reverse: tuple[bool, ...],
     *,
     bf16: bool = False,
+    weight_hr: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    """The compiled FFI call of one layer: projection and loop over time, and its VJP.
+    """The compiled FFI call of one layer: input projection and loop over time, and its VJP.
 
     ``k`` directions, each on its own weights, all in real time: a direction with ``reverse``
     set runs from the last step back to the first (with ``mask``, from each sequence's last
     valid step), reading and writing the same time-ordered arrays as the others. So the output
     comes out as it is returned.
 
+    With ``weight_hr`` (LSTM only) each step's ``h`` is ``m @ W_hr^T`` (PyTorch's ``proj_size``):
+    ``h``, the output and ``weight_hh``'s columns have ``P`` units, ``m`` and ``c`` ``H``. Write
+    ``O`` for the size of ``h``: ``P`` with a projection, else ``H``.
+
     Args:
         kernel: ``"RNN_TANH"``, ``"RNN_RELU"``, ``"LSTM"`` or ``"GRU"``.
         xs: `(T, B, D)` inputs.
         weight_ih: `(k, G*H, D)`.
         bias_ih: `(k, G*H)`, or None for no bias.
-        weight_hh: `(k, G*H, H)`.
+        weight_hh: `(k, G*H, O)`.
         bias_hh: `(k, G*H)`, or None for no bias.
-        h0: `(k, B, H)` initial hidden state.
+        h0: `(k, B, O)` initial hidden state.
         c0: `(k, B, H)` initial cell state (LSTM), else None.
         mask: optional `(T, B)` bool, False past a sequence's length: there the carry is kept
             and the output is zero.
         reverse: ``k`` bools, True for a direction that runs backwards in time.
         bf16: mixed precision, the contract of :func:`jrnn.cells.mixed_einsum` with bfloat16:
-            both matmuls read their operands (``x_t``, ``h_{t-1}``, the weights, and in the
-            backward pass the gates' cotangents) rounded to bfloat16 and sum their exact
-            products in float32; biases, gate math, carries, outputs and gradients stay float32.
+            every matmul reads its operands (``x_t``, ``h_{t-1}``, ``m_t``, the weights, and in
+            the backward pass the cotangents of its output) rounded to bfloat16 and sums their
+            exact products in float32; biases, gate math, carries, outputs and gradients stay
+            float32.
+        weight_hr: `(k, P, H)`, the LSTM's projection, or None for none.
 
     Returns:
-        ``(ys, h, c)``: outputs `(T, B, k*H)`, final `h (k, B, H)` and (LSTM, else None)
+        ``(ys, h, c)``: outputs `(T, B, k*O)`, final `h (k, B, O)` and (LSTM, else None)
         `c (k, B, H)`.
     """
     if kernel not in _CODES:
         raise ValueError(f"kernel: expected one of {sorted(_CODES)}, got {kernel!r}")
     if load_error():
         raise RuntimeError(load_error())
-    k, gh, hidden = weight_hh.shape
+    k, gh, out = weight_hh.shape
+    hidden = out if weight_hr is None else weight_hr.shape[2]
     steps, batch = xs.shape[:2]
     if weight_ih.shape[:2] != (k, gh) or weight_ih.shape[2:] != xs.shape[2:]:
         raise ValueError(
             f"weight_ih: expected ({k}, {gh}, {xs.shape[2]}) for weight_hh {weight_hh.shape} and "
             f"xs {xs.shape}, got {weight_ih.shape}"
+        )
+    if weight_hr is not None and (kernel != "LSTM" or weight_hr.shape[:2] != (k, out)):
+        raise ValueError(
+            f"weight_hr: expected an LSTM's ({k}, {out}, H) for weight_hh {weight_hh.shape}, "
+            f"got {weight_hr.shape} for {kernel}"
         )
     if len(reverse) != k:
         raise ValueError(f"reverse: expected one flag per direction ({k}), got {reverse!r}")
@@ -240,16 +253,16 @@ def call(
     bits = sum(1 << j for j, flag in enumerate(reverse) if flag)
     zeros = jnp.zeros((k, gh), xs.dtype)
     keep = jnp.ones((steps, batch), jnp.uint8) if mask is None else mask.astype(jnp.uint8)
-    rows = (k * batch, hidden)  # the carry, direction-major
     c0 = h0 if c0 is None else c0
     hs, carry = _layer(
         code, bits, bf16, xs, weight_ih, zeros if bias_ih is None else bias_ih, weight_hh,
-        zeros if bias_hh is None else bias_hh, h0.reshape(rows), c0.reshape(rows), keep,
+        zeros if bias_hh is None else bias_hh, weight_hr, h0.reshape(k * batch, out),
+        c0.reshape(k * batch, hidden), keep,
     )  # fmt: skip
-    ys = hs.reshape(steps, batch, k * hidden)
+    ys = hs.reshape(steps, batch, k * out)
     if mask is not None:
         ys = jnp.where(mask[..., None], ys, 0.0)
-    h, c = [a.reshape(k, batch, hidden) for a in carry] + [None] * (2 - len(carry))
+    h, c = [a.reshape(k, batch, -1) for a in carry] + [None] * (2 - len(carry))
     return ys, h, c
 
 
@@ -270,36 +283,50 @@ def _bf16(a: jax.Array) -> jax.Array:
     return a.astype(jnp.bfloat16).astype(a.dtype)
 
 
-def _operands(bf16, xs, w_ih, w_hh):
-    """The matmul operands that XLA hands the calls: with ``bf16``, rounded (:func:`_bf16`)."""
-    return tuple(map(_bf16, (xs, w_ih, w_hh))) if bf16 else (xs, w_ih, w_hh)
+def _operands(bf16, xs, w_ih, w_hh, w_hr):
+    """The matmul operands that XLA hands the calls: with ``bf16``, rounded (:func:`_bf16`);
+    without a projection, a (1,) placeholder for ``w_hr``."""
+    if w_hr is None:
+        w_hr = jnp.zeros((1,), jnp.float32)
+    elif bf16:
+        w_hr = _bf16(w_hr)
+    return (*map(_bf16, (xs, w_ih, w_hh)), w_hr) if bf16 else (xs, w_ih, w_hh, w_hr)
 
 
-def _call_forward(code, bits, bf16, save, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
-    """``(hs, aux, act)``: the loop over time, input projection included; act only with
-    ``save`` (a backward pass follows) and for LSTM and GRU, else a (1,) placeholder. With
-    ``bf16``, xs, w_ih and w_hh come rounded (:func:`_bf16`); the call rounds each h_{t-1}."""
+def _call_forward(code, bits, bf16, save, xs, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, keep):
+    """``(hs, aux, act, ms)``: the loop over time, input projection included; act only with
+    ``save`` (a backward pass follows) and for LSTM and GRU, ms (each step's m) only with a
+    projection (``w_hr`` of rank 3), else (1,) placeholders. With ``bf16``, xs, w_ih, w_hh and
+    w_hr come rounded (:func:`_bf16`); the call rounds each h_{t-1} and m_t."""
     steps, batch = xs.shape[:2]
-    k, gh, hidden = w_hh.shape
+    k, gh, out = w_hh.shape
+    rows = batch * k
     gated = code in (_CODES["LSTM"], _CODES["GRU"])
-    full = jax.ShapeDtypeStruct((steps, batch * k, hidden), jnp.float32)
-    gates = jax.ShapeDtypeStruct((steps, batch * k, gh), jnp.float32)
-    outputs = (full, full if gated else _dummy(), gates if gated and save else _dummy())
+    state = jax.ShapeDtypeStruct((steps, rows, c0.shape[-1]), jnp.float32)
+    outputs = (
+        jax.ShapeDtypeStruct((steps, rows, out), jnp.float32),
+        state if gated else _dummy(),
+        jax.ShapeDtypeStruct((steps, rows, gh), jnp.float32) if gated and save else _dummy(),
+        state if w_hr.ndim == 3 else _dummy(),
+    )
     call = jax.ffi.ffi_call("jrnn_recurrence_fwd", outputs, vmap_method="sequential")
     return call(
-        xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep,
+        xs, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, keep,
         cell=np.int32(code), reverse=np.int32(bits), save=np.int32(save), bf16=np.int32(bf16),
     )  # fmt: skip
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _layer(code, bits, bf16, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
-    """``(hs, carry)``: hs `(T, k*B, H)`, carry the final ``(h,)``, for LSTM ``(h, c)``, each
-    `(k*B, H)` direction-major. aux (LSTM's cell states, GRU's n halves) stays inside. The
-    operands' rounding (``bf16``) is inside the custom VJP, so that the weights' and the
-    input's gradients pass it by as they are (float32), as in :func:`jrnn.cells.mixed_einsum`."""
-    xs, w_ih, w_hh = _operands(bf16, xs, w_ih, w_hh)
-    hs, aux, _ = _call_forward(code, bits, bf16, False, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep)
+def _layer(code, bits, bf16, xs, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, keep):
+    """``(hs, carry)``: hs `(T, k*B, O)`, carry the final ``(h,)``, for LSTM ``(h, c)``,
+    direction-major, h `(k*B, O)` and c `(k*B, H)`. aux (LSTM's cell states, GRU's n halves)
+    stays inside. ``w_hr``: the projection `(k, P, H)`, or None. The operands' rounding
+    (``bf16``) is inside the custom VJP, so that the weights' and the input's gradients pass it
+    by as they are (float32), as in :func:`jrnn.cells.mixed_einsum`."""
+    xs, w_ih, w_hh, w_hr = _operands(bf16, xs, w_ih, w_hh, w_hr)
+    hs, aux, _, _ = _call_forward(
+        code, bits, bf16, False, xs, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, keep
+    )
     return _carry(code, bits, w_hh.shape[0], hs, aux)
 
 
@@ -308,36 +335,42 @@ def _carry(code, bits, k, hs, aux):
     return hs, ((h, _final(aux, k, bits)) if code == _CODES["LSTM"] else (h,))
 
 
-def _layer_fwd(code, bits, bf16, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep):
-    xs, w_ih, w_hh = _operands(bf16, xs, w_ih, w_hh)
-    hs, aux, act = _call_forward(code, bits, bf16, True, xs, w_ih, b_ih, w_hh, b_hh, h0, c0, keep)
-    residuals = (xs, w_ih, w_hh, h0, c0, keep, hs, aux, act)
+def _layer_fwd(code, bits, bf16, xs, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, keep):
+    xs, w_ih, w_hh, w_hr = _operands(bf16, xs, w_ih, w_hh, w_hr)
+    hs, aux, act, ms = _call_forward(
+        code, bits, bf16, True, xs, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, keep
+    )
+    residuals = (xs, w_ih, w_hh, w_hr, h0, c0, keep, hs, aux, act, ms)
     return _carry(code, bits, w_hh.shape[0], hs, aux), residuals
 
 
 def _layer_bwd(code, bits, bf16, residuals, cotangents):
-    xs, w_ih, w_hh, h0, c0, keep, hs, aux, act = residuals
+    xs, w_ih, w_hh, w_hr, h0, c0, keep, hs, aux, act, ms = residuals
     dhs, carry = cotangents
     dhn = carry[0]
-    dcn = carry[1] if code == _CODES["LSTM"] else dhn  # read for LSTM only
+    dcn = carry[1] if code == _CODES["LSTM"] else c0  # read for LSTM only
     k, gh = w_hh.shape[:2]
     steps, rows = hs.shape[:2]
-    # dgx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
-    shapes = ((steps, rows, gh), h0.shape, h0.shape, w_ih.shape, w_hh.shape, (k, gh), (k, gh))
+    # dgx, dh0, dc0, dw_ih, dw_hh, dw_hr, db_ih, db_hh
+    shapes = (
+        (steps, rows, gh), h0.shape, c0.shape, w_ih.shape, w_hh.shape, w_hr.shape, (k, gh),
+        (k, gh),
+    )  # fmt: skip
     outputs = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
     # dgx takes over act's buffer (RNN: dhs's): it is read before written
-    aliases = {7: 0} if code in (_CODES["LSTM"], _CODES["GRU"]) else {8: 0}
+    aliases = {8: 0} if code in (_CODES["LSTM"], _CODES["GRU"]) else {10: 0}
     call = jax.ffi.ffi_call(
         "jrnn_recurrence_bwd", outputs, vmap_method="sequential", input_output_aliases=aliases
     )
-    dgx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = call(
-        w_hh, xs, h0, c0, keep, hs, aux, act, dhs, dhn, dcn,
+    dgx, dh0, dc0, dw_ih, dw_hh, dw_hr, db_ih, db_hh = call(
+        w_hh, w_hr, xs, h0, c0, keep, hs, aux, act, ms, dhs, dhn, dcn,
         cell=np.int32(code), reverse=np.int32(bits), bf16=np.int32(bf16),
     )  # fmt: skip
     # the input's gradient, summed over directions: one matmul over all steps (with bf16 of
     # rounded operands: the call leaves dgx rounded, w_ih came rounded)
     dx = dgx.reshape(steps * rows // k, k * gh) @ w_ih.reshape(k * gh, xs.shape[-1])
-    return dx.reshape(xs.shape), dw_ih, db_ih, dw_hh, db_hh, dh0, dc0, None
+    dw_hr = dw_hr if w_hr.ndim == 3 else None  # none without a projection
+    return dx.reshape(xs.shape), dw_ih, db_ih, dw_hh, db_hh, dw_hr, dh0, dc0, None
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)
