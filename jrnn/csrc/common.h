@@ -36,13 +36,22 @@ constexpr int kLine = 16;   // floats per 64-byte cache line
 // Threads.
 
 struct AlignedFree {
-  void operator()(float* p) const { std::free(p); }
+  void operator()(void* p) const { std::free(p); }
 };
 using Floats = std::unique_ptr<float[], AlignedFree>;
+using Halves = std::unique_ptr<uint16_t[], AlignedFree>;  // bfloat16 bit patterns
 
 Floats Allocate(size_t n) {
   size_t bytes = std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64);
   return Floats(static_cast<float*>(std::aligned_alloc(64, bytes)));
+}
+
+// n bfloat16s, zeroed (the pads of odd-sized rows stay zero).
+Halves AllocateHalves(size_t n) {
+  size_t bytes = std::max<size_t>(64, (n * sizeof(uint16_t) + 63) / 64 * 64);
+  Halves h(static_cast<uint16_t*>(std::aligned_alloc(64, bytes)));
+  std::memset(h.get(), 0, bytes);
+  return h;
 }
 
 // Tells the core that this thread is spinning.

@@ -147,6 +147,74 @@ void Matmul(int64_t m, const float* a, int64_t lda, const float* b, int64_t k, f
   }
 }
 
+#ifdef JRNN_DOT
+// The same with bfloat16 operands and the dot-product instruction (kDot): a's rows are
+// bfloat16s lda apart, b is packed in pairs (PackPairs), and K comes as its number of pairs.
+template <int M, bool kAccumulate>
+void DotKernel(const uint16_t* __restrict a, int64_t lda, const uint16_t* __restrict b,
+               int64_t pairs, float* __restrict out) {
+  __m512 acc[M][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < M; ++r) {
+    acc[r][0] = kAccumulate ? _mm512_loadu_ps(out + r * kPanel) : _mm512_setzero_ps();
+    acc[r][1] = kAccumulate ? _mm512_loadu_ps(out + r * kPanel + 16) : _mm512_setzero_ps();
+  }
+#pragma GCC unroll 2
+  for (int64_t kk = 0; kk < pairs; ++kk) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + kk * 2 * kPanel);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + kk * 2 * kPanel + kPanel);
+#pragma GCC unroll 8
+    for (int r = 0; r < M; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, a + r * lda + 2 * kk, sizeof pair);
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < M; ++r) {
+    _mm512_storeu_ps(out + r * kPanel, acc[r][0]);
+    _mm512_storeu_ps(out + r * kPanel + 16, acc[r][1]);
+  }
+}
+
+template <bool kAccumulate, int M = kTileRows>
+void DotTile(int m, const uint16_t* a, int64_t lda, const uint16_t* b, int64_t pairs,
+             float* out) {
+  if constexpr (M > 1) {
+    if (m < M) return DotTile<kAccumulate, M - 1>(m, a, lda, b, pairs, out);
+  }
+  DotKernel<M, kAccumulate>(a, lda, b, pairs, out);
+}
+
+template <bool kAccumulate>
+void DotMatmul(int64_t m, const uint16_t* a, int64_t lda, const uint16_t* b, int64_t pairs,
+               float* out) {
+  constexpr int64_t kBlock = 256;  // pairs: 32 KiB of b
+  for (int64_t k0 = 0; k0 < pairs; k0 += kBlock) {
+    const int64_t kb = std::min(kBlock, pairs - k0);
+    for (int64_t r0 = 0; r0 < m; r0 += kTileRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - r0));
+      const uint16_t *ar = a + r0 * lda + 2 * k0, *bk = b + k0 * 2 * kPanel;
+      if (k0 == 0 && !kAccumulate) {
+        DotTile<false>(rows, ar, lda, bk, kb, out + r0 * kPanel);
+      } else {
+        DotTile<true>(rows, ar, lda, bk, kb, out + r0 * kPanel);
+      }
+    }
+  }
+}
+#endif  // JRNN_DOT
+
+using vh = uint16_t __attribute__((vector_size(sizeof(vf) / 2)));
+
+// Writes the first n <= kLanes entries of x, rounded to bfloat16 (Bf16), as bfloat16s.
+inline void StoreHalves(uint16_t* dst, vf x, int64_t n) {
+  const vh h = __builtin_convertvector(__builtin_bit_cast(vu, Bf16(x)) >> 16, vh);
+  std::memcpy(dst, &h, std::min<int64_t>(n, kLanes) * sizeof(uint16_t));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
@@ -173,8 +241,13 @@ struct ForwardSteps : Forward {
 
   // Step s of one unit: the matmuls of its item's gate columns for its rows, h_prev @ W_hh^T
   // and x_t @ W_ih^T into one tile per gate (GRU's n gate: two tiles, its halves apart), then
-  // the gate math. packed: the item's weights (PackForward); tiles: (Tiles(d), kUnitRows, 32).
-  void Step(int64_t s, const Unit& u, const float* packed, float* tiles) const {
+  // the gate math. packed: the item's weights (PackForward), or with hm16 paired: the same in
+  // pairs (PackForwardPairs); tiles: (Tiles(d), kUnitRows, 32).
+  void Step(int64_t s, const Unit& u, const float* packed, const uint16_t* paired,
+            float* tiles) const {
+#ifdef JRNN_DOT
+    if (hm16 != nullptr) return DotStep(s, u, paired, tiles);
+#endif
     const int64_t o = d.out(), in = d.input, j = u.it.dir, stride = kUnitRows * kPanel;
     // h_prev of the unit's sequences: rows of h0 (stride out) or of hs (stride k*out); with
     // bf16 the rounded copy, by step parity (h0's is the odd one)
@@ -197,6 +270,34 @@ struct ForwardSteps : Forward {
     for (int i = 0; i < u.m; ++i) Pointwise(s, u.it, u.b0 + i, tiles + i * kPanel);
   }
 
+#ifdef JRNN_DOT
+  // Step with bfloat16 operands: hm16, xs16 and the paired weights, by the dot-product kernel.
+  void DotStep(int64_t s, const Unit& u, const uint16_t* paired, float* tiles) const {
+    const int64_t o = Pairs(d.out()), in = Pairs(d.input), j = u.it.dir;
+    const int64_t stride = kUnitRows * kPanel;
+    const uint16_t* hprev = hm16 + (((s + 1) & 1) * d.rows + d.Row(u.b0, j)) * 2 * o;
+    const uint16_t* x = xs16 + (d.Time(s, j) * d.batch + u.b0) * 2 * in;
+    if (s + 1 < d.steps) Prefetch(s, u);
+    for (int64_t g = 0; g < d.gates; ++g) {
+      const uint16_t* panel = paired + g * PairedGate(d);
+      float* tile = tiles + g * stride;
+      DotMatmul<false>(u.m, hprev, d.dirs * 2 * o, panel, o, tile);
+      if (d.cell == kGru && g == 2) {
+        DotMatmul<false>(u.m, x, 2 * in, panel + o * 2 * kPanel, in, tiles + 3 * stride);
+      } else {
+        DotMatmul<true>(u.m, x, 2 * in, panel + o * 2 * kPanel, in, tile);
+      }
+    }
+    for (int i = 0; i < u.m; ++i) Pointwise(s, u.it, u.b0 + i, tiles + i * kPanel);
+  }
+#endif
+
+  // h's row of sequence seq, direction j, in hm16 at step s (by parity), from unit u0.
+  uint16_t* HalvesOut(int64_t s, int64_t seq, const Item& it) const {
+    const int64_t row = (s & 1) * d.rows + d.Row(seq, it.dir);
+    return hm16 + row * 2 * Pairs(d.out()) + it.u0;
+  }
+
   // With a projection, step s's second half for one unit over the P units of h, once all of
   // m_s is written: h = m @ W_hr^T for its rows and columns, or h_prev where a sequence has
   // ended. packed: the item's (H, 32) panel of W_hr (PackProjection); tile: (kUnitRows, 32).
@@ -211,10 +312,12 @@ struct ForwardSteps : Forward {
       float* h_out = lanes.Out(hs + at * o + u.it.u0);
       float* hm_out =
           hm ? lanes.Out(hm + ((s & 1) * d.rows + d.Row(seq, j)) * o + u.it.u0) : nullptr;
+      uint16_t* halves = hm16 ? HalvesOut(s, seq, u.it) : nullptr;
       for (int v = 0; v < kPanel; v += kLanes) {
         const vf y = keep ? Load(tile + i * kPanel + v) : Load(hp + v);
         Store(h_out + v, y);
         if (hm_out != nullptr) Store(hm_out + v, Bf16(y));
+        if (halves != nullptr && v < u.it.nu) StoreHalves(halves + v, y, u.it.nu - v);
       }
       lanes.Flush();
     }
@@ -241,6 +344,7 @@ struct ForwardSteps : Forward {
     if (hm != nullptr && !projected) {
       hm_out = lanes.Out(hm + ((s & 1) * d.rows + d.Row(seq, it.dir)) * h + it.u0);
     }
+    uint16_t* halves = hm16 != nullptr && !projected ? HalvesOut(s, seq, it) : nullptr;
     if (d.gates > 1) aux_out = lanes.Out(aux + at * h + it.u0);
     if (act != nullptr) {
       for (int64_t g = 0; g < d.gates; ++g) a_out[g] = lanes.Out(act + at * gh + g * h + it.u0);
@@ -280,11 +384,12 @@ struct ForwardSteps : Forward {
         y = d.cell == kRnnTanh ? Tanh(pre(0)) : Max(pre(0), vf{});
       }
       if (projected) {
-        Store(h_out + v, hm != nullptr ? Bf16(y) : y);
+        Store(h_out + v, d.bf16 ? Bf16(y) : y);
         continue;
       }
       Store(h_out + v, keep ? y : hv);
       if (hm_out != nullptr) Store(hm_out + v, Bf16(keep ? y : hv));
+      if (halves != nullptr && v < it.nu) StoreHalves(halves + v, keep ? y : hv, it.nu - v);
     }
     lanes.Flush();
   }
@@ -294,36 +399,63 @@ struct ForwardSteps : Forward {
 // steps on a team of threads; with a projection each step in two halves, each ending at the
 // barrier.
 void RunForward(const Forward& forward) {
-  const ForwardSteps f{forward};
+  ForwardSteps f{forward};
   const Dims& d = f.d;
   const int64_t o = d.out();
+  // with bf16 the rounded operands: h by step parity and, for the dot-product kernel, the
+  // weights in pairs and x as bfloat16s
+  const bool dot = kDot && d.bf16;
+  Floats rounded = Allocate(d.bf16 && !dot ? 2 * d.rows * o : 1);
+  Halves hm16 = AllocateHalves(dot ? 2 * d.rows * 2 * Pairs(o) : 1);
+  Halves xs16 = AllocateHalves(dot ? d.steps * d.batch * 2 * Pairs(d.input) : 1);
+  if (d.bf16) {
+    f.hm = dot ? nullptr : rounded.get();
+    f.hm16 = dot ? hm16.get() : nullptr;
+    f.xs16 = dot ? xs16.get() : nullptr;
+  }
+  const int64_t per_paired = dot ? d.gates * PairedGate(d) : 0;
   const int64_t items = d.dirs * d.panels(), per_item = d.gates * (o + d.input) * kPanel;
   const int64_t projs = d.proj != 0 ? d.dirs * Dims::Panels(o) : 0, per_proj = d.hidden * kPanel;
   const int64_t per_team = Tiles(d) * kUnitRows * kPanel;
   const int64_t units = Units(d), proj_units = d.proj != 0 ? Units(d, o) : 0;
   Team team(std::max(units, proj_units), Cores(d));
-  Floats packed = Allocate(items * per_item);
+  Floats packed = Allocate(dot ? 1 : items * per_item);
+  Halves paired = AllocateHalves(items * per_paired);
   Floats packed_hr = Allocate(projs * per_proj);
   Floats tiles = Allocate(team.threads() * per_team);
   team.Run([&](int me) {
     for (int64_t i = me; i < items; i += team.threads()) {
-      PackForward(d, f.w_hh, f.w_ih, ItemAt(d, i), packed.get() + i * per_item);
+      if (dot) {
+        PackForwardPairs(d, f.w_hh, f.w_ih, ItemAt(d, i), paired.get() + i * per_paired);
+      } else {
+        PackForward(d, f.w_hh, f.w_ih, ItemAt(d, i), packed.get() + i * per_item);
+      }
     }
     for (int64_t i = me; i < projs; i += team.threads()) {
       PackProjection(d, f.w_hr, ItemAt(d, i, o), packed_hr.get() + i * per_proj);
     }
-    if (f.hm != nullptr) {  // h0 rounded, where step 0 reads h_prev
-      for (int64_t r = me; r < d.rows; r += team.threads()) {
-        const int64_t j = r / d.batch, b = r % d.batch;  // r = CarryRow(b, j)
-        RoundBf16(f.hm + (d.rows + d.Row(b, j)) * o, f.h0 + r * o, o);
+    for (int64_t r = me; d.bf16 && r < d.rows; r += team.threads()) {
+      // h0 rounded, where step 0 reads h_prev
+      const int64_t j = r / d.batch, b = r % d.batch;  // r = CarryRow(b, j)
+      const float* src = f.h0 + r * o;
+      if (!dot) {
+        RoundBf16(f.hm + (d.rows + d.Row(b, j)) * o, src, o);
+        continue;
       }
+      uint16_t* dst = f.hm16 + (d.rows + d.Row(b, j)) * 2 * Pairs(o);
+      for (int64_t kk = 0; kk < o; ++kk) dst[kk] = Half(src[kk]);
+    }
+    for (int64_t r = me; dot && r < d.steps * d.batch; r += team.threads()) {
+      uint16_t* dst = f.xs16 + r * 2 * Pairs(d.input);
+      for (int64_t kk = 0; kk < d.input; ++kk) dst[kk] = Half(f.xs[r * d.input + kk]);
     }
     team.Sync();
     float* tile = tiles.get() + me * per_team;
     for (int64_t s = 0, step = 0; s < d.steps; ++s) {
       team.ForEach(me, step++, units, [&](int64_t index) {
         const Unit u = UnitAt(d, index);
-        f.Step(s, u, packed.get() + u.it.index * per_item, tile);
+        f.Step(s, u, packed.get() + u.it.index * per_item,
+               paired.get() + u.it.index * per_paired, tile);
       });
       team.Sync();
       if (d.proj == 0) continue;
@@ -380,6 +512,7 @@ struct BackwardSteps : Backward {
       if (gru) dgh_out[g] = lanes.Out(dgh[s & 1] + row * gh + g * h + it.u0);
       if (dgm[0] != nullptr) dgm_out[g] = lanes.Out(dgm[s & 1] + row * gh + g * h + it.u0);
     }
+    uint16_t* halves = dgm16[0] ? dgm16[s & 1] + row * 2 * Pairs(gh) + it.u0 : nullptr;
     if (dm == nullptr) dh_out = lanes.Out(dh + carry);
     if (lstm) dc_out = lanes.Out(dc + carry);
     const vf one = Splat(1.0f);
@@ -390,6 +523,7 @@ struct BackwardSteps : Backward {
         Store(dgx_out[g] + v, gx);
         if (gru) Store(dgh_out[g] + v, gr);
         if (dgm_out[g] != nullptr) Store(dgm_out[g] + v, Bf16(gr));
+        if (halves != nullptr && v < it.nu) StoreHalves(halves + g * h + v, gr, it.nu - v);
       };
       const vf g_h = dm ? Load(dm + v) : Load(g_h_in + v) + Load(dh_in + v);
       if (!keep) {
@@ -473,6 +607,28 @@ struct BackwardSteps : Backward {
     return buffer;
   }
 
+  // A thread's bfloat16 operands of the dot-product kernel for step s's weight gradients of one
+  // direction, with the batch as K: h_prev^T (out, Be), x_s^T (D, Be), with a projection dp_s^T
+  // (P, Be), Be = 2 * Pairs(B) (the odd pad zero); pairs: (Pairs(B), 32, 2) for the item's
+  // right operand.
+  struct Transposed {
+    uint16_t *hprev, *x, *dp, *pairs;
+  };
+
+  // Fills t's transposes for step s, direction j.
+  void Transpose(int64_t s, int64_t j, const Transposed& t) const {
+    const int64_t o = d.out(), in = d.input, be = 2 * Pairs(d.batch), time = d.Time(s, j);
+    for (int64_t b = 0; b < d.batch; ++b) {
+      const float* hp = s == 0 ? h0 + d.CarryRow(b, j) * o
+                               : hs + (d.Time(s - 1, j) * d.rows + d.Row(b, j)) * o;
+      const float* x = xs + (time * d.batch + b) * in;
+      for (int64_t kk = 0; kk < o; ++kk) t.hprev[kk * be + b] = Half(hp[kk]);
+      for (int64_t kk = 0; kk < in; ++kk) t.x[kk * be + b] = Half(x[kk]);
+      const float* p = dp[s & 1] + d.CarryRow(b, j) * o;
+      for (int64_t kk = 0; kk < d.proj; ++kk) t.dp[kk * be + b] = Half(p[kk]);
+    }
+  }
+
   // Adds step s's part to an item's weight and bias gradients, sum_b [h_prev | x_s]^T dg_s,
   // hprev as HPrev gives it. grads: the item's (G, out + D, 32) panels of [dW_hh | dW_ih]^T
   // (row kk < out: unit kk of h, then input feature kk - out; column c: gate row g*H + u0 + c),
@@ -480,9 +636,10 @@ struct BackwardSteps : Backward {
   // dW_hr^T (row p: unit p of h; column c: hidden unit u0 + c), sum_b dp_s^T m_s. gather:
   // (2, B, 32) scratch for the item's columns of dg_s. With bf16 the bias sums take dg_s as it
   // is, the matmuls dg_s rounded, and the item's columns of dgx are left rounded too, for the
-  // input's gradient.
+  // input's gradient; with t (bf16 on the dot-product kernel) the matmuls take t's operands
+  // instead of hprev and x.
   void AddWeights(int64_t s, const Item& it, const float* hprev, int64_t ldh, float* grads,
-                  float* gather) const {
+                  float* gather, const Transposed* t) const {
     const int64_t h = d.hidden, o = d.out(), in = d.input, gh = d.gh(), j = it.dir;
     const int64_t time = d.Time(s, j), batch = d.batch;
     const bool gru = d.cell == kGru;
@@ -517,6 +674,15 @@ struct BackwardSteps : Backward {
         }
       }
       float* panel = grads + g * (o + in) * kPanel;
+#ifdef JRNN_DOT
+      if (t != nullptr) {
+        PairRows(gr, batch, t->pairs);
+        DotMatmul<true>(o, t->hprev, 2 * Pairs(batch), t->pairs, Pairs(batch), panel);
+        if (gr != gx) PairRows(gx, batch, t->pairs);
+        DotMatmul<true>(in, t->x, 2 * Pairs(batch), t->pairs, Pairs(batch), panel + o * kPanel);
+        continue;
+      }
+#endif
       Matmul<true, true>(o, hprev, ldh, gr, batch, panel);
       Matmul<true, true>(in, x, in, gx, batch, panel + o * kPanel);
     }
@@ -524,8 +690,14 @@ struct BackwardSteps : Backward {
     for (int64_t b = 0; b < batch; ++b) {  // the item's columns of m_s, rounded with bf16
       Gather(gather + b * kPanel, ms + (time * d.rows + d.Row(b, j)) * h + it.u0, it.nu);
     }
-    const float* dps = dp[s & 1] + d.CarryRow(0, j) * o;
-    Matmul<true, true>(o, dps, o, gather, batch, bias_hh + d.gates * kPanel);
+    float* hr = bias_hh + d.gates * kPanel;
+#ifdef JRNN_DOT
+    if (t != nullptr) {
+      PairRows(gather, batch, t->pairs);
+      return DotMatmul<true>(o, t->dp, 2 * Pairs(batch), t->pairs, Pairs(batch), hr);
+    }
+#endif
+    Matmul<true, true>(o, dp[s & 1] + d.CarryRow(0, j) * o, o, gather, batch, hr);
   }
 
   // Writes an item's weight and bias gradients (AddWeights' grads) into the outputs.
@@ -551,10 +723,18 @@ struct BackwardSteps : Backward {
     }
   }
 
-  // Adds the recurrent matmul's part, dgh_s @ w, to the unit's block of dh (a unit over the
-  // units of h: with a projection its P, else its H).
-  void AddRecurrent(int64_t s, const Unit& u, const float* packed, float* tile) const {
-    const int64_t h = d.out(), gh = d.gh(), nu = u.it.nu, j = u.it.dir;
+  // tile = the unit's rows of dgh_s @ its panel of w (packed: PackBackward; with dgm16 paired:
+  // the same in pairs).
+  void RecurrentMatmul(int64_t s, const Unit& u, const float* packed, const uint16_t* paired,
+                       float* tile) const {
+    const int64_t gh = d.gh(), j = u.it.dir;
+#ifdef JRNN_DOT
+    if (dgm16[0] != nullptr) {
+      const int64_t lda = 2 * Pairs(gh);
+      const uint16_t* a = dgm16[s & 1] + d.CarryRow(u.b0, j) * lda;
+      return DotMatmul<false>(u.m, a, lda, paired, Pairs(gh), tile);
+    }
+#endif
     // the unit's rows of dgh: with bf16 the rounded scratch (k*B, G*H), for GRU its own
     // scratch (k*B, G*H), else dgx (T, R, G*H)
     const bool scratch = d.cell == kGru || dgm[0] != nullptr;
@@ -562,6 +742,14 @@ struct BackwardSteps : Backward {
     const float* a = scratch ? rec + d.CarryRow(u.b0, j) * gh
                              : dgx + (d.Time(s, j) * d.rows + d.Row(u.b0, j)) * gh;
     Matmul<false>(u.m, a, scratch ? gh : d.dirs * gh, packed, gh, tile);
+  }
+
+  // Adds the recurrent matmul's part, dgh_s @ w, to the unit's block of dh (a unit over the
+  // units of h: with a projection its P, else its H).
+  void AddRecurrent(int64_t s, const Unit& u, const float* packed, const uint16_t* paired,
+                    float* tile) const {
+    const int64_t h = d.out(), nu = u.it.nu, j = u.it.dir;
+    RecurrentMatmul(s, u, packed, paired, tile);
     for (int i = 0; i < u.m; ++i) {
       float* dst = dh + d.CarryRow(u.b0 + i, j) * h + u.it.u0;
       const float* src = tile + i * kPanel;
@@ -576,10 +764,22 @@ struct BackwardSteps : Backward {
 
 // The backward loop over time, from the last step to the first.
 void RunBackward(const Backward& backward) {
-  const BackwardSteps bw{backward};
+  BackwardSteps bw{backward};
   const Dims& d = bw.d;
-  const int64_t T = d.steps, o = d.out();
+  const int64_t T = d.steps, o = d.out(), gh = d.gh();
   const bool projected = d.proj != 0;
+  // with bf16 the recurrent half's cotangents rounded, for the dot-product kernel as bfloat16s
+  // with the weights in pairs
+  const bool dot = kDot && d.bf16;
+  Floats rounded = Allocate(d.bf16 && !dot ? 2 * d.rows * gh : 1);
+  Halves rounded16 = AllocateHalves(dot ? 2 * d.rows * 2 * Pairs(gh) : 1);
+  for (int parity = 0; d.bf16 && parity < 2; ++parity) {
+    if (dot) {
+      bw.dgm16[parity] = rounded16.get() + parity * d.rows * 2 * Pairs(gh);
+    } else {
+      bw.dgm[parity] = rounded.get() + parity * d.rows * gh;
+    }
+  }
   // Step t's matmul and step t - 1's gate math of a unit go together: the gate math needs the
   // unit's block of dh, which the matmul has just completed. With a projection the matmul's
   // units are over the P units of h, the gate math's over the H units of m, and dh goes
@@ -590,13 +790,18 @@ void RunBackward(const Backward& backward) {
   const int64_t units = Units(d), recurrent_units = Units(d, o);
   const int64_t per_grads = Grads(d), per_gather = 2 * d.batch * kPanel;
   Team team(std::max(units, recurrent_units), Cores(d));
-  Floats packed = Allocate(recurrent * per_item);
+  const int64_t per_paired = dot ? Pairs(gh) * 2 * kPanel : 0;
+  Floats packed = Allocate(dot ? 1 : recurrent * per_item);
+  Halves paired = AllocateHalves(recurrent * per_paired);
   Floats packed_hr = Allocate(projected ? items * per_proj : 1);
   Floats grads = Allocate(items * per_grads);
   Floats tiles = Allocate(team.threads() * kUnitRows * kPanel);
   Floats gathered = Allocate(team.threads() * per_gather);
-  const int64_t per_hprev = d.bf16 ? d.batch * o : 0;
+  const int64_t per_hprev = d.bf16 && !dot ? d.batch * o : 0;
   Floats hprevs = Allocate(team.threads() * per_hprev);
+  const int64_t be = 2 * Pairs(d.batch);
+  const int64_t per_transposed = dot ? (2 * o + d.input) * be + Pairs(d.batch) * 2 * kPanel : 0;
+  Halves transposes = AllocateHalves(team.threads() * per_transposed);
   team.Run([&](int me) {
     // an item's weight gradients are its owner's: the worker that packs its weights
     for (int64_t i = me; i < items; i += team.threads()) {
@@ -606,11 +811,21 @@ void RunBackward(const Backward& backward) {
       std::memset(grads.get() + i * per_grads, 0, per_grads * sizeof(float));
     }
     for (int64_t i = me; i < recurrent; i += team.threads()) {
-      PackBackward(bw.w, d.gh(), o, ItemAt(d, i, o), packed.get() + i * per_item);
+      const Item it = ItemAt(d, i, o);
+      if (!dot) {
+        PackBackward(bw.w, gh, o, it, packed.get() + i * per_item);
+        continue;
+      }
+      const float* w = bw.w + it.dir * gh * o + it.u0;
+      PackPairs(gh, [&](int64_t n, int64_t c) { return c < it.nu ? w[n * o + c] : 0.0f; },
+                paired.get() + i * per_paired);
     }
     team.Sync();
     float* tile = tiles.get() + me * kUnitRows * kPanel;
     float* gather = gathered.get() + me * per_gather;
+    uint16_t* mine = transposes.get() + me * per_transposed;
+    const BackwardSteps::Transposed own{mine, mine + o * be, mine + (o + d.input) * be,
+                                        mine + (2 * o + d.input) * be};
     int64_t step = 0;
     // the gate math of step s, for every unit: with a projection after dp (ProjectBack)
     auto gate_math = [&](int64_t s) {
@@ -637,12 +852,14 @@ void RunBackward(const Backward& backward) {
       int64_t ldh = 0;
       for (int64_t i = me, dir = -1; i < items; i += team.threads()) {
         const Item it = ItemAt(d, i);
+        if (it.dir != dir && dot) bw.Transpose(t, dir = it.dir, own);
         if (it.dir != dir) hprev = bw.HPrev(t, dir = it.dir, hprevs.get() + me * per_hprev, &ldh);
-        bw.AddWeights(t, it, hprev, ldh, grads.get() + i * per_grads, gather);
+        bw.AddWeights(t, it, hprev, ldh, grads.get() + i * per_grads, gather, dot ? &own : nullptr);
       }
       team.ForEach(me, step++, recurrent_units, [&](int64_t index) {
         const Unit u = UnitAt(d, index, o);
-        bw.AddRecurrent(t, u, packed.get() + u.it.index * per_item, tile);
+        bw.AddRecurrent(t, u, packed.get() + u.it.index * per_item,
+                        paired.get() + u.it.index * per_paired, tile);
         if (t == 0) return;
         if (projected) {
           bw.ProjectBack(t - 1, u);

@@ -198,6 +198,60 @@ void PackProjection(const Dims& d, const float* w_hr, const Item& it, float* out
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// bfloat16 operands for the dot-product instructions (AVX512-BF16: out += a[2i] b[2i] +
+// a[2i+1] b[2i+1], float32 sums), which take K in pairs: a row of an operand is K bfloat16s
+// padded to an even count, and a packed panel is K / 2 rows of 32 column pairs.
+
+// Pairs of K.
+inline int64_t Pairs(int64_t k) { return (k + 1) / 2; }
+
+// The bfloat16 of x, rounded to nearest even (x comes rounded from XLA: then exact).
+inline uint16_t Half(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);
+  return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+// Packs value(kk, c) for kk < k, c < 32 in pairs: out[(kk / 2) * 64 + c * 2 + kk % 2], the odd
+// pad zero: Pairs(k) rows of 64 bfloat16s.
+template <typename Value>
+void PackPairs(int64_t k, Value value, uint16_t* out) {
+  std::memset(out, 0, Pairs(k) * 2 * kPanel * sizeof(uint16_t));
+  for (int64_t kk = 0; kk < k; ++kk) {
+    uint16_t* row = out + (kk / 2) * 2 * kPanel + kk % 2;
+    for (int64_t c = 0; c < kPanel; ++c) row[c * 2] = Half(value(kk, c));
+  }
+}
+
+// src (n, 32) as bfloat16s in pairs of rows (PackPairs with k = n); the odd pad is left as it
+// is (zero).
+inline void PairRows(const float* src, int64_t n, uint16_t* dst) {
+  for (int64_t r = 0; r < n; ++r) {
+    uint16_t* row = dst + (r / 2) * 2 * kPanel + r % 2;
+    for (int64_t c = 0; c < kPanel; ++c) row[c * 2] = Half(src[r * kPanel + c]);
+  }
+}
+
+// Halves per gate of an item's forward weights in pairs: W_hh's Pairs(out) rows, then W_ih's
+// Pairs(D).
+int64_t PairedGate(const Dims& d) { return (Pairs(d.out()) + Pairs(d.input)) * 2 * kPanel; }
+
+// PackForward's weights in pairs (PairedGate per gate).
+void PackForwardPairs(const Dims& d, const float* w_hh, const float* w_ih, const Item& it,
+                      uint16_t* out) {
+  const int64_t h = d.hidden, o = d.out(), in = d.input;
+  for (int64_t g = 0; g < d.gates; ++g) {
+    uint16_t* panel = out + g * PairedGate(d);
+    const float* rows = w_hh + (it.dir * d.gh() + g * h + it.u0) * o;
+    const float* rows_ih = w_ih + (it.dir * d.gh() + g * h + it.u0) * in;
+    PackPairs(o, [&](int64_t kk, int64_t c) { return c < it.nu ? rows[c * o + kk] : 0.0f; }, panel);
+    PackPairs(in, [&](int64_t kk, int64_t c) { return c < it.nu ? rows_ih[c * in + kk] : 0.0f; },
+              panel + Pairs(o) * 2 * kPanel);
+  }
+}
+
 // Matmul tiles per thread in the forward pass: one per gate, and GRU's n gate a second for
 // its input half.
 int64_t Tiles(const Dims& d) { return d.gates + (d.cell == kGru ? 1 : 0); }
@@ -236,6 +290,9 @@ struct Forward {
   float *hs, *aux;
   float* act;  // nullptr when the call keeps no gates for a backward pass
   float* hm;   // with bf16: h rounded, the recurrent matmul's operand (2, R, out) by step parity
+  // with bf16 on a path with dot-product instructions (instead of hm): the bfloat16 operands,
+  // h (2, R, 2 * Pairs(out)) as hm and xs (T, B, 2 * Pairs(D))
+  uint16_t *hm16, *xs16;
   float* ms;   // with a projection: m = o * tanh(c) (T, R, H), with bf16 rounded; else nullptr
 };
 
@@ -268,6 +325,7 @@ struct Backward {
   float *dh, *dc;        // the cotangent of the carry entering the present step
   float* dgh[2];         // GRU: cotangent of the recurrent half (k*B, G*H), by step parity
   float* dgm[2];         // with bf16: the recurrent half's cotangent rounded (k*B, G*H), ditto
+  uint16_t* dgm16[2];    // the same as bfloat16s (k*B, 2 * Pairs(G*H)) for the dot product
   float* dp[2];          // with a projection: the cotangent of m @ W_hr^T (k*B, P), ditto
   float *dw_ih, *dw_hh, *dw_hr, *db_ih, *db_hh;
 };
@@ -278,11 +336,12 @@ struct Backward {
 // ---------------------------------------------------------------------------------------------
 // The loops (loops.h), compiled once per instruction set. The library as a whole is built for a
 // baseline that every CPU of its architecture runs (setup.py: x86-64-v2, up to SSE4.2, on
-// x86-64), so it loads anywhere; on x86-64 the loops are compiled twice more, for AVX2 with FMA
-// and for AVX-512, and the handlers run the widest set that the CPU has, or the one Python
-// selects (jrnn.methods.compiled: the variable JRNN_ISA). Each set's vectors are its registers'
-// width; its register tile (kTileRows rows of kPanel / kLanes vectors) is as tall as its
-// registers hold, with one row of b and a broadcast beside it.
+// x86-64), so it loads anywhere; on x86-64 the loops are compiled three times more, for AVX2
+// with FMA, for AVX-512 and for AVX-512 with the bfloat16 dot product (AVX512-BF16: kDot, and
+// loops.h's JRNN_DOT parts, which bf16 calls use), and the handlers run the widest set that the
+// CPU has, or the one Python selects (jrnn.methods.compiled: the variable JRNN_ISA). Each set's
+// vectors are its registers' width; its register tile (kTileRows rows of kPanel / kLanes
+// vectors) is as tall as its registers hold, with one row of b and a broadcast beside it.
 
 #ifdef __clang__
 #error "jrnn/csrc needs GCC: it compiles loops.h once per instruction set with #pragma GCC target"
@@ -290,12 +349,36 @@ struct Backward {
 
 #if defined(__x86_64__)
 #pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma")
+namespace jrnn {
+namespace {
+namespace avx512bf16 {  // AVX-512 with the bfloat16 dot product (bf16 calls use it)
+constexpr int kLanes = 16;
+constexpr int kTileRows = 8;
+constexpr bool kDot = true;
+using vf = float __attribute__((vector_size(4 * kLanes)));
+
+inline vf Reciprocal(vf x) {
+  const vf r = reinterpret_cast<vf>(_mm512_rcp14_ps(reinterpret_cast<__m512>(x)));
+  return r * (2.0f - x * r);
+}
+
+#define JRNN_DOT
+#include "loops.h"
+#undef JRNN_DOT
+}  // namespace avx512bf16
+}  // namespace
+}  // namespace jrnn
+#pragma GCC pop_options
+
+#pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma")
 namespace jrnn {
 namespace {
 namespace avx512 {
 constexpr int kLanes = 16;    // 32 registers of 16 floats
 constexpr int kTileRows = 8;  // 16 accumulators
+constexpr bool kDot = false;  // no bfloat16 dot product: bf16 calls round, then use FMA
 using vf = float __attribute__((vector_size(4 * kLanes)));
 
 // The 14-bit estimate and one Newton step: relative error about 1e-8, a third of a division's
@@ -318,6 +401,7 @@ namespace {
 namespace avx2 {
 constexpr int kLanes = 8;     // 16 registers of 8 floats
 constexpr int kTileRows = 2;  // 8 accumulators
+constexpr bool kDot = false;
 using vf = float __attribute__((vector_size(4 * kLanes)));
 inline vf Reciprocal(vf x) { return 1.0f / x; }
 #include "loops.h"
@@ -336,6 +420,7 @@ constexpr int kTileRows = 2;  // 16 accumulators
 #else
 constexpr int kTileRows = 1;  // 8 accumulators
 #endif
+constexpr bool kDot = false;
 using vf = float __attribute__((vector_size(4 * kLanes)));
 inline vf Reciprocal(vf x) { return 1.0f / x; }
 #include "loops.h"
@@ -356,6 +441,8 @@ bool HasAvx512() {
          __builtin_cpu_supports("fma");
 }
 
+bool HasAvx512Bf16() { return HasAvx512() && __builtin_cpu_supports("avx512bf16"); }
+
 bool HasAvx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -367,6 +454,7 @@ bool Always() { return true; }
 // Widest first.
 constexpr Path kPaths[] = {
 #if defined(__x86_64__)
+    {"avx512bf16", HasAvx512Bf16, avx512bf16::RunForward, avx512bf16::RunBackward},
     {"avx512", HasAvx512, avx512::RunForward, avx512::RunBackward},
     {"avx2", HasAvx2, avx2::RunForward, avx2::RunBackward},
 #endif
@@ -469,7 +557,6 @@ ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
                    : Expect("aux", aux->dimensions(), {1}));
   JRNN_CHECK(keep_gates ? Expect("act", act->dimensions(), {T, R, d.gh()})
                         : Expect("act", act->dimensions(), {1}));
-  Floats rounded = Allocate(d.bf16 ? 2 * R * O : 1);
   const Forward f{d,
                   xs.typed_data(),
                   w_ih.typed_data(),
@@ -483,7 +570,9 @@ ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
                   hs->typed_data(),
                   aux->typed_data(),
                   keep_gates ? act->typed_data() : nullptr,
-                  d.bf16 ? rounded.get() : nullptr,
+                  nullptr,  // hm, hm16, xs16: RunForward's scratch
+                  nullptr,
+                  nullptr,
                   d.proj != 0 ? ms->typed_data() : nullptr};
   selected->forward(f);
   return ffi::Error::Success();
@@ -538,7 +627,6 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> w_hr,
   JRNN_CHECK(Expect("db_ih", db_ih->dimensions(), {k, d.gh()}));
   JRNN_CHECK(Expect("db_hh", db_hh->dimensions(), {k, d.gh()}));
   Floats scratch = Allocate(cell == kGru ? 2 * R * d.gh() : 1);
-  Floats rounded = Allocate(d.bf16 ? 2 * R * d.gh() : 1);
   Floats projected = Allocate(2 * R * d.proj);
   // dh0 and dc0 hold the carry's cotangent as the loop goes back, starting from the final one
   Put(dh0->typed_data(), dhn.typed_data(), R * O);
@@ -563,7 +651,8 @@ ffi::Error BackwardFfi(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> w_hr,
                     dh0->typed_data(),
                     dc0->typed_data(),
                     {scratch.get(), scratch.get() + (cell == kGru ? R * d.gh() : 0)},
-                    {d.bf16 ? rounded.get() : nullptr, d.bf16 ? rounded.get() + R * d.gh() : nullptr},
+                    {nullptr, nullptr},  // dgm, dgm16: RunBackward's scratch
+                    {nullptr, nullptr},
                     {projected.get(), projected.get() + R * d.proj},
                     dw_ih->typed_data(),
                     dw_hh->typed_data(),
@@ -624,8 +713,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRecurrenceBackward, jrnn::BackwardFfi,
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()   // db_ih
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>());  // db_hh
 
-// For jrnn.methods.compiled: the instruction set the handlers run ("avx512", "avx2" or
-// "baseline"), the sets this CPU runs, and the choice of one (what JRNN_ISA names).
+// For jrnn.methods.compiled: the instruction set the handlers run ("avx512bf16", "avx512",
+// "avx2" or "baseline"), the sets this CPU runs, and the choice of one (what JRNN_ISA names).
 extern "C" {
 
 const char* JrnnRecurrenceIsa() { return jrnn::selected->name; }

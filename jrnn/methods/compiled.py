@@ -13,9 +13,12 @@ that step's gate cotangents are in cache (each panel of weights' gradients owned
 what stays in XLA is one large matmul after the backward loop, the input's gradient.
 
 ``matmul_dtype=jnp.bfloat16`` runs here too, with :func:`jrnn.cells.mixed_einsum`'s contract:
-``x``, the weights, each ``h_{t-1}`` and in the backward pass each step's gate cotangents are
-rounded to bfloat16 before their matmul, whose exact products are summed in float32 (by the same
-float32 kernel: the rounding is the contract, not a speed-up on CPUs without bf16 units).
+``x``, the weights, each ``h_{t-1}`` (and ``m_t``) and in the backward pass each step's
+cotangents are rounded to bfloat16 before their matmul, whose exact products are summed in
+float32. On a CPU with AVX512-BF16 (instruction set ``"avx512bf16"``) the loops' matmuls then
+run on its bfloat16 dot-product instruction (two products per float32 lane and instruction, the
+operands stored as bfloat16); elsewhere the float32 kernel sums the rounded operands, the same
+numbers at float32 speed.
 
 It runs a layer only when the cell declares a kernel identity (``Cell.kernel``) that this module
 has and the cell is the built-in record of that kernel; :func:`unsupported` says why not
@@ -25,7 +28,8 @@ path. Being a custom VJP, the compiled path has reverse-mode derivatives only: f
 (``jax.jvp``, ``jax.jacfwd``) needs ``method="scan"``.
 
 The library is built for a baseline CPU and holds the loops once per instruction set: on x86-64
-``"avx512"``, ``"avx2"`` (AVX2 with FMA) and ``"baseline"`` (x86-64-v2: SSE4.2), elsewhere
+``"avx512bf16"`` (AVX-512 with the bfloat16 dot product), ``"avx512"``, ``"avx2"`` (AVX2 with
+FMA) and ``"baseline"`` (x86-64-v2: SSE4.2), elsewhere
 ``"baseline"`` only. It runs the widest one that the CPU has (:func:`isa`; :func:`isas` lists
 the ones it has). The environment variable ``JRNN_ISA``, read when the library is first used,
 forces another, e.g. ``JRNN_ISA=baseline``; a name that is not one of them, or one that this
@@ -96,8 +100,8 @@ def available() -> bool:
 
 
 def isa() -> str | None:
-    """The instruction set that the compiled loops run (``"avx512"``, ``"avx2"`` or
-    ``"baseline"``), or None where the library cannot be used."""
+    """The instruction set that the compiled loops run (``"avx512bf16"``, ``"avx512"``,
+    ``"avx2"`` or ``"baseline"``), or None where the library cannot be used."""
     library, reason = _load()
     return None if reason else library.JrnnRecurrenceIsa().decode()
 
