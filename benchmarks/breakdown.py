@@ -49,6 +49,7 @@ def pieces(name: str) -> dict[str, object]:
     gh = w_hh.shape[1]
     zeros = jnp.zeros((b, h))
     keep = jnp.ones((t, b), jnp.uint8)
+    no_projection = jnp.zeros((1,), jnp.float32)  # the (1,) placeholder of weight_hr
     apply = jax.jit(lambda p, x: spec.apply(p, x)[0])
     time_major = dataclasses.replace(spec, batch_first=False)
     apply_t = jax.jit(lambda p, x: time_major.apply(p, x)[0])
@@ -56,7 +57,7 @@ def pieces(name: str) -> dict[str, object]:
     def recurrence(save):
         return jax.jit(
             lambda xt: compiled._call_forward(
-                code, 0, save, xt, w_ih, b_ih, w_hh, b_hh, zeros, zeros, keep
+                code, 0, False, save, xt, w_ih, b_ih, w_hh, b_hh, no_projection, zeros, zeros, keep
             )[0]
         )
 

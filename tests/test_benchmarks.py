@@ -47,6 +47,19 @@ def test_quick_run_has_every_framework_and_matches_torch(bench, tmp_path):
         assert f"| lstm | {framework} |" in table
 
 
+def test_breakdown_times_every_piece(bench, capsys):
+    """``python -m benchmarks.breakdown`` calls the compiled path's private FFI wrapper, whose
+    signature moves with the C++ call: one round of one call keeps the two in step."""
+    import benchmarks.breakdown
+
+    if not bench.models.compiled_recurrence("cpu"):
+        pytest.skip("the compiled recurrence is not built")
+    benchmarks.breakdown.main(["--config", "rnn", "--reps", "1", "--calls", "1"])
+    out = capsys.readouterr().out
+    for piece in ("spec.apply", "time-major", "FFI call", "+ gates kept", "matmul peak"):
+        assert f"{piece} " in out and " ms " in out.split(piece, 1)[1].splitlines()[0]
+
+
 def test_forward_flops_counts_every_layer_and_direction(bench):
     configs, forward_flops = bench.configs.CONFIGS, bench.configs.forward_flops
     # LSTM 1 layer: 2 * T * B * 4H * (D + H)
