@@ -148,11 +148,13 @@ void Matmul(int64_t m, const float* a, int64_t lda, const float* b, int64_t k, f
 }
 
 #ifdef JRNN_DOT
-// The same with bfloat16 operands and the dot-product instruction (kDot): a's rows are
-// bfloat16s lda apart, b is packed in pairs (PackPairs), and K comes as its number of pairs.
+// The same with bfloat16 operands and the dot-product instruction (kDot): b is packed in pairs
+// (PackPairs), K comes as its number of pairs, and a's pair kk of row r is the two bfloat16s at
+// a + r * lda + kk * step: step 2 for rows of K bfloat16s lda apart, lda 2 for rows interleaved
+// in pairs (PairUp: pair kk of every row, then pair kk + 1).
 template <int M, bool kAccumulate>
-void DotKernel(const uint16_t* __restrict a, int64_t lda, const uint16_t* __restrict b,
-               int64_t pairs, float* __restrict out) {
+void DotKernel(const uint16_t* __restrict a, int64_t lda, int64_t step,
+               const uint16_t* __restrict b, int64_t pairs, float* __restrict out) {
   __m512 acc[M][2];
 #pragma GCC unroll 8
   for (int r = 0; r < M; ++r) {
@@ -166,7 +168,7 @@ void DotKernel(const uint16_t* __restrict a, int64_t lda, const uint16_t* __rest
 #pragma GCC unroll 8
     for (int r = 0; r < M; ++r) {
       int32_t pair;
-      std::memcpy(&pair, a + r * lda + 2 * kk, sizeof pair);
+      std::memcpy(&pair, a + r * lda + kk * step, sizeof pair);
       const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
       acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
       acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
@@ -180,27 +182,28 @@ void DotKernel(const uint16_t* __restrict a, int64_t lda, const uint16_t* __rest
 }
 
 template <bool kAccumulate, int M = kTileRows>
-void DotTile(int m, const uint16_t* a, int64_t lda, const uint16_t* b, int64_t pairs,
-             float* out) {
+void DotTile(int m, const uint16_t* a, int64_t lda, int64_t step, const uint16_t* b,
+             int64_t pairs, float* out) {
   if constexpr (M > 1) {
-    if (m < M) return DotTile<kAccumulate, M - 1>(m, a, lda, b, pairs, out);
+    if (m < M) return DotTile<kAccumulate, M - 1>(m, a, lda, step, b, pairs, out);
   }
-  DotKernel<M, kAccumulate>(a, lda, b, pairs, out);
+  DotKernel<M, kAccumulate>(a, lda, step, b, pairs, out);
 }
 
+// out (m, 32) (+)= a @ b as DotKernel computes it; step 2 unless given (see there).
 template <bool kAccumulate>
 void DotMatmul(int64_t m, const uint16_t* a, int64_t lda, const uint16_t* b, int64_t pairs,
-               float* out) {
+               float* out, int64_t step = 2) {
   constexpr int64_t kBlock = 256;  // pairs: 32 KiB of b
   for (int64_t k0 = 0; k0 < pairs; k0 += kBlock) {
     const int64_t kb = std::min(kBlock, pairs - k0);
     for (int64_t r0 = 0; r0 < m; r0 += kTileRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - r0));
-      const uint16_t *ar = a + r0 * lda + 2 * k0, *bk = b + k0 * 2 * kPanel;
+      const uint16_t *ar = a + r0 * lda + k0 * step, *bk = b + k0 * 2 * kPanel;
       if (k0 == 0 && !kAccumulate) {
-        DotTile<false>(rows, ar, lda, bk, kb, out + r0 * kPanel);
+        DotTile<false>(rows, ar, lda, step, bk, kb, out + r0 * kPanel);
       } else {
-        DotTile<true>(rows, ar, lda, bk, kb, out + r0 * kPanel);
+        DotTile<true>(rows, ar, lda, step, bk, kb, out + r0 * kPanel);
       }
     }
   }
@@ -213,6 +216,30 @@ using vh = uint16_t __attribute__((vector_size(sizeof(vf) / 2)));
 inline void StoreHalves(uint16_t* dst, vf x, int64_t n) {
   const vh h = __builtin_convertvector(__builtin_bit_cast(vu, Bf16(x)) >> 16, vh);
   std::memcpy(dst, &h, std::min<int64_t>(n, kLanes) * sizeof(uint16_t));
+}
+
+// Interleaves two rows of n floats as pairs of bfloat16s (rounded, Bf16): dst[2i] = even[i],
+// dst[2i + 1] = odd[i] (0 where odd is nullptr: the pad of an odd count of rows).
+inline void PairUp(const float* even, const float* odd, int64_t n, uint16_t* dst) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const vu low = __builtin_bit_cast(vu, Bf16(Load(even + i))) >> 16;
+    const vu high = odd ? __builtin_bit_cast(vu, Bf16(Load(odd + i))) & 0xffff0000u : vu{};
+    const vu pairs = low | high;
+    std::memcpy(dst + 2 * i, &pairs, sizeof pairs);
+  }
+  for (; i < n; ++i) {
+    dst[2 * i] = Half(even[i]);
+    dst[2 * i + 1] = odd ? Half(odd[i]) : 0;
+  }
+}
+
+// Rows (n, 32) as bfloat16s in pairs of rows (the layout of PackPairs with k = n).
+inline void PairRows(const float* src, int64_t n, uint16_t* dst) {
+  for (int64_t r = 0; r < n; r += 2) {
+    PairUp(src + r * kPanel, r + 1 < n ? src + (r + 1) * kPanel : nullptr, kPanel,
+           dst + r * kPanel);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -608,24 +635,27 @@ struct BackwardSteps : Backward {
   }
 
   // A thread's bfloat16 operands of the dot-product kernel for step s's weight gradients of one
-  // direction, with the batch as K: h_prev^T (out, Be), x_s^T (D, Be), with a projection dp_s^T
-  // (P, Be), Be = 2 * Pairs(B) (the odd pad zero); pairs: (Pairs(B), 32, 2) for the item's
-  // right operand.
-  struct Transposed {
+  // direction, with the batch as K, its rows interleaved in pairs (PairUp): h_prev
+  // (Pairs(B), out, 2), x_s (Pairs(B), D, 2), with a projection dp_s (Pairs(B), P, 2); pairs:
+  // (Pairs(B), 32, 2) for the item's right operand.
+  struct Interleaved {
     uint16_t *hprev, *x, *dp, *pairs;
   };
 
-  // Fills t's transposes for step s, direction j.
-  void Transpose(int64_t s, int64_t j, const Transposed& t) const {
-    const int64_t o = d.out(), in = d.input, be = 2 * Pairs(d.batch), time = d.Time(s, j);
-    for (int64_t b = 0; b < d.batch; ++b) {
-      const float* hp = s == 0 ? h0 + d.CarryRow(b, j) * o
-                               : hs + (d.Time(s - 1, j) * d.rows + d.Row(b, j)) * o;
-      const float* x = xs + (time * d.batch + b) * in;
-      for (int64_t kk = 0; kk < o; ++kk) t.hprev[kk * be + b] = Half(hp[kk]);
-      for (int64_t kk = 0; kk < in; ++kk) t.x[kk * be + b] = Half(x[kk]);
-      const float* p = dp[s & 1] + d.CarryRow(b, j) * o;
-      for (int64_t kk = 0; kk < d.proj; ++kk) t.dp[kk * be + b] = Half(p[kk]);
+  // Fills t for step s, direction j.
+  void Interleave(int64_t s, int64_t j, const Interleaved& t) const {
+    const int64_t o = d.out(), in = d.input, time = d.Time(s, j);
+    auto h_row = [&](int64_t b) {
+      return s == 0 ? h0 + d.CarryRow(b, j) * o
+                    : hs + (d.Time(s - 1, j) * d.rows + d.Row(b, j)) * o;
+    };
+    auto x_row = [&](int64_t b) { return xs + (time * d.batch + b) * in; };
+    auto dp_row = [&](int64_t b) { return dp[s & 1] + d.CarryRow(b, j) * o; };
+    for (int64_t b = 0; b < d.batch; b += 2) {
+      const bool odd = b + 1 < d.batch;
+      PairUp(h_row(b), odd ? h_row(b + 1) : nullptr, o, t.hprev + b * o);
+      PairUp(x_row(b), odd ? x_row(b + 1) : nullptr, in, t.x + b * in);
+      if (d.proj != 0) PairUp(dp_row(b), odd ? dp_row(b + 1) : nullptr, o, t.dp + b * o);
     }
   }
 
@@ -639,7 +669,7 @@ struct BackwardSteps : Backward {
   // input's gradient; with t (bf16 on the dot-product kernel) the matmuls take t's operands
   // instead of hprev and x.
   void AddWeights(int64_t s, const Item& it, const float* hprev, int64_t ldh, float* grads,
-                  float* gather, const Transposed* t) const {
+                  float* gather, const Interleaved* t) const {
     const int64_t h = d.hidden, o = d.out(), in = d.input, gh = d.gh(), j = it.dir;
     const int64_t time = d.Time(s, j), batch = d.batch;
     const bool gru = d.cell == kGru;
@@ -677,9 +707,9 @@ struct BackwardSteps : Backward {
 #ifdef JRNN_DOT
       if (t != nullptr) {
         PairRows(gr, batch, t->pairs);
-        DotMatmul<true>(o, t->hprev, 2 * Pairs(batch), t->pairs, Pairs(batch), panel);
+        DotMatmul<true>(o, t->hprev, 2, t->pairs, Pairs(batch), panel, 2 * o);
         if (gr != gx) PairRows(gx, batch, t->pairs);
-        DotMatmul<true>(in, t->x, 2 * Pairs(batch), t->pairs, Pairs(batch), panel + o * kPanel);
+        DotMatmul<true>(in, t->x, 2, t->pairs, Pairs(batch), panel + o * kPanel, 2 * in);
         continue;
       }
 #endif
@@ -694,7 +724,7 @@ struct BackwardSteps : Backward {
 #ifdef JRNN_DOT
     if (t != nullptr) {
       PairRows(gather, batch, t->pairs);
-      return DotMatmul<true>(o, t->dp, 2 * Pairs(batch), t->pairs, Pairs(batch), hr);
+      return DotMatmul<true>(o, t->dp, 2, t->pairs, Pairs(batch), hr, 2 * o);
     }
 #endif
     Matmul<true, true>(o, dp[s & 1] + d.CarryRow(0, j) * o, o, gather, batch, hr);
@@ -799,9 +829,9 @@ void RunBackward(const Backward& backward) {
   Floats gathered = Allocate(team.threads() * per_gather);
   const int64_t per_hprev = d.bf16 && !dot ? d.batch * o : 0;
   Floats hprevs = Allocate(team.threads() * per_hprev);
-  const int64_t be = 2 * Pairs(d.batch);
-  const int64_t per_transposed = dot ? (2 * o + d.input) * be + Pairs(d.batch) * 2 * kPanel : 0;
-  Halves transposes = AllocateHalves(team.threads() * per_transposed);
+  const int64_t be = 2 * Pairs(d.batch);  // bfloat16s of a K of the batch
+  const int64_t per_interleaved = dot ? (2 * o + d.input + kPanel) * be : 0;
+  Halves interleaved = AllocateHalves(team.threads() * per_interleaved);
   team.Run([&](int me) {
     // an item's weight gradients are its owner's: the worker that packs its weights
     for (int64_t i = me; i < items; i += team.threads()) {
@@ -823,9 +853,9 @@ void RunBackward(const Backward& backward) {
     team.Sync();
     float* tile = tiles.get() + me * kUnitRows * kPanel;
     float* gather = gathered.get() + me * per_gather;
-    uint16_t* mine = transposes.get() + me * per_transposed;
-    const BackwardSteps::Transposed own{mine, mine + o * be, mine + (o + d.input) * be,
-                                        mine + (2 * o + d.input) * be};
+    uint16_t* mine = interleaved.get() + me * per_interleaved;
+    const BackwardSteps::Interleaved own{mine, mine + o * be, mine + (o + d.input) * be,
+                                         mine + (2 * o + d.input) * be};
     int64_t step = 0;
     // the gate math of step s, for every unit: with a projection after dp (ProjectBack)
     auto gate_math = [&](int64_t s) {
@@ -852,7 +882,7 @@ void RunBackward(const Backward& backward) {
       int64_t ldh = 0;
       for (int64_t i = me, dir = -1; i < items; i += team.threads()) {
         const Item it = ItemAt(d, i);
-        if (it.dir != dir && dot) bw.Transpose(t, dir = it.dir, own);
+        if (it.dir != dir && dot) bw.Interleave(t, dir = it.dir, own);
         if (it.dir != dir) hprev = bw.HPrev(t, dir = it.dir, hprevs.get() + me * per_hprev, &ldh);
         bw.AddWeights(t, it, hprev, ldh, grads.get() + i * per_grads, gather, dot ? &own : nullptr);
       }

@@ -225,15 +225,6 @@ void PackPairs(int64_t k, Value value, uint16_t* out) {
   }
 }
 
-// src (n, 32) as bfloat16s in pairs of rows (PackPairs with k = n); the odd pad is left as it
-// is (zero).
-inline void PairRows(const float* src, int64_t n, uint16_t* dst) {
-  for (int64_t r = 0; r < n; ++r) {
-    uint16_t* row = dst + (r / 2) * 2 * kPanel + r % 2;
-    for (int64_t c = 0; c < kPanel; ++c) row[c * 2] = Half(src[r * kPanel + c]);
-  }
-}
-
 // Halves per gate of an item's forward weights in pairs: W_hh's Pairs(out) rows, then W_ih's
 // Pairs(D).
 int64_t PairedGate(const Dims& d) { return (Pairs(d.out()) + Pairs(d.input)) * 2 * kPanel; }
