@@ -280,9 +280,10 @@ struct Forward {
   const uint8_t* mask;
   float *hs, *aux;
   float* act;  // nullptr when the call keeps no gates for a backward pass
-  float* hm;   // with bf16: h rounded, the recurrent matmul's operand (2, R, out) by step parity
-  // with bf16 on a path with dot-product instructions (instead of hm): the bfloat16 operands,
-  // h (2, R, 2 * Pairs(out)) as hm and xs (T, B, 2 * Pairs(D))
+  // Scratch that RunForward sets with bf16: on the FMA kernel hm, h rounded, the recurrent
+  // matmul's operand (2, R, out) by step parity; on the dot-product kernel (kDot) instead hm16,
+  // the same as bfloat16s (2, R, 2 * Pairs(out)), and xs16, xs as bfloat16s (T, B, 2 * Pairs(D)).
+  float* hm;
   uint16_t *hm16, *xs16;
   float* ms;   // with a projection: m = o * tanh(c) (T, R, H), with bf16 rounded; else nullptr
 };
@@ -315,8 +316,11 @@ struct Backward {
   float* dgx;            // may alias act, or dhs (see the FFI handler)
   float *dh, *dc;        // the cotangent of the carry entering the present step
   float* dgh[2];         // GRU: cotangent of the recurrent half (k*B, G*H), by step parity
-  float* dgm[2];         // with bf16: the recurrent half's cotangent rounded (k*B, G*H), ditto
-  uint16_t* dgm16[2];    // the same as bfloat16s (k*B, 2 * Pairs(G*H)) for the dot product
+  // RunBackward's scratch with bf16, by step parity: on the FMA kernel the recurrent half's
+  // cotangent rounded (k*B, G*H); on the dot-product kernel instead the same as bfloat16s
+  // (k*B, 2 * Pairs(G*H))
+  float* dgm[2];
+  uint16_t* dgm16[2];
   float* dp[2];          // with a projection: the cotangent of m @ W_hr^T (k*B, P), ditto
   float *dw_ih, *dw_hh, *dw_hr, *db_ih, *db_hh;
 };
