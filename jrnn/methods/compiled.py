@@ -239,18 +239,20 @@ def call(
     if load_error():
         raise RuntimeError(load_error())
     k, gh, out = weight_hh.shape
-    hidden = out if weight_hr is None else weight_hr.shape[2]
     steps, batch = xs.shape[:2]
     if weight_ih.shape[:2] != (k, gh) or weight_ih.shape[2:] != xs.shape[2:]:
         raise ValueError(
             f"weight_ih: expected ({k}, {gh}, {xs.shape[2]}) for weight_hh {weight_hh.shape} and "
             f"xs {xs.shape}, got {weight_ih.shape}"
         )
-    if weight_hr is not None and (kernel != "LSTM" or weight_hr.shape[:2] != (k, out)):
+    if weight_hr is not None and (
+        kernel != "LSTM" or weight_hr.ndim != 3 or weight_hr.shape[:2] != (k, out)
+    ):
         raise ValueError(
             f"weight_hr: expected an LSTM's ({k}, {out}, H) for weight_hh {weight_hh.shape}, "
             f"got {weight_hr.shape} for {kernel}"
         )
+    hidden = out if weight_hr is None else weight_hr.shape[2]
     if len(reverse) != k:
         raise ValueError(f"reverse: expected one flag per direction ({k}), got {reverse!r}")
     code = _CODES[kernel]
