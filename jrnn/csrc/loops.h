@@ -325,12 +325,29 @@ struct ForwardSteps : Forward {
     return hm16 + row * 2 * Pairs(d.out()) + it.u0;
   }
 
+  // tile = the unit's rows of m_s @ its panel of W_hr^T.
+  void ProjectMatmul(int64_t s, const Unit& u, const float* packed, const uint16_t* paired,
+                     float* tile) const {
+    const int64_t h = d.hidden, j = u.it.dir;
+#ifdef JRNN_DOT
+    if (ms16 != nullptr) {
+      const int64_t lda = 2 * Pairs(h);
+      return DotMatmul<false>(u.m, ms16 + d.Row(u.b0, j) * lda, d.dirs * lda, paired, Pairs(h),
+                              tile);
+    }
+#endif
+    const float* m = ms + (d.Time(s, j) * d.rows + d.Row(u.b0, j)) * h;
+    Matmul<false>(u.m, m, d.dirs * h, packed, h, tile);
+  }
+
   // With a projection, step s's second half for one unit over the P units of h, once all of
   // m_s is written: h = m @ W_hr^T for its rows and columns, or h_prev where a sequence has
-  // ended. packed: the item's (H, 32) panel of W_hr (PackProjection); tile: (kUnitRows, 32).
-  void Project(int64_t s, const Unit& u, const float* packed, float* tile) const {
-    const int64_t h = d.hidden, o = d.out(), j = u.it.dir, time = d.Time(s, j);
-    Matmul<false>(u.m, ms + (time * d.rows + d.Row(u.b0, j)) * h, d.dirs * h, packed, h, tile);
+  // ended. packed: the item's (H, 32) panel of W_hr (PackProjection), or with ms16 paired:
+  // the same in pairs; tile: (kUnitRows, 32).
+  void Project(int64_t s, const Unit& u, const float* packed, const uint16_t* paired,
+               float* tile) const {
+    const int64_t o = d.out(), j = u.it.dir, time = d.Time(s, j);
+    ProjectMatmul(s, u, packed, paired, tile);
     for (int i = 0; i < u.m; ++i) {
       const int64_t seq = u.b0 + i, at = time * d.rows + d.Row(seq, j);
       const bool keep = mask[time * d.batch + seq] != 0;
@@ -371,7 +388,12 @@ struct ForwardSteps : Forward {
     if (hm != nullptr && !projected) {
       hm_out = lanes.Out(hm + ((s & 1) * d.rows + d.Row(seq, it.dir)) * h + it.u0);
     }
-    uint16_t* halves = hm16 != nullptr && !projected ? HalvesOut(s, seq, it) : nullptr;
+    // bf16 on the dot-product kernel: h_prev's bfloat16 copy, with a projection m's instead
+    uint16_t* halves = nullptr;
+    if (hm16 != nullptr) {
+      halves = projected ? ms16 + d.Row(seq, it.dir) * 2 * Pairs(h) + it.u0
+                         : HalvesOut(s, seq, it);
+    }
     if (d.gates > 1) aux_out = lanes.Out(aux + at * h + it.u0);
     if (act != nullptr) {
       for (int64_t g = 0; g < d.gates; ++g) a_out[g] = lanes.Out(act + at * gh + g * h + it.u0);
@@ -412,6 +434,7 @@ struct ForwardSteps : Forward {
       }
       if (projected) {
         Store(h_out + v, d.bf16 ? Bf16(y) : y);
+        if (halves != nullptr && v < it.nu) StoreHalves(halves + v, y, it.nu - v);
         continue;
       }
       Store(h_out + v, keep ? y : hv);
@@ -442,13 +465,17 @@ void RunForward(const Forward& forward) {
   }
   const int64_t per_paired = dot ? d.gates * PairedGate(d) : 0;
   const int64_t items = d.dirs * d.panels(), per_item = d.gates * (o + d.input) * kPanel;
-  const int64_t projs = d.proj != 0 ? d.dirs * Dims::Panels(o) : 0, per_proj = d.hidden * kPanel;
+  const int64_t projs = d.proj != 0 ? d.dirs * Dims::Panels(o) : 0;
+  const int64_t per_proj = dot ? Pairs(d.hidden) * 2 * kPanel : d.hidden * kPanel;
   const int64_t per_team = Tiles(d) * kUnitRows * kPanel;
   const int64_t units = Units(d), proj_units = d.proj != 0 ? Units(d, o) : 0;
   Team team(std::max(units, proj_units), Cores(d));
   Floats packed = Allocate(dot ? 1 : items * per_item);
   Halves paired = AllocateHalves(items * per_paired);
-  Floats packed_hr = Allocate(projs * per_proj);
+  Floats packed_hr = Allocate(dot ? 1 : projs * per_proj);
+  Halves paired_hr = AllocateHalves(dot ? projs * per_proj : 1);
+  Halves ms16 = AllocateHalves(dot && d.proj != 0 ? d.rows * 2 * Pairs(d.hidden) : 1);
+  if (dot && d.proj != 0) f.ms16 = ms16.get();
   Floats tiles = Allocate(team.threads() * per_team);
   team.Run([&](int me) {
     for (int64_t i = me; i < items; i += team.threads()) {
@@ -459,7 +486,14 @@ void RunForward(const Forward& forward) {
       }
     }
     for (int64_t i = me; i < projs; i += team.threads()) {
-      PackProjection(d, f.w_hr, ItemAt(d, i, o), packed_hr.get() + i * per_proj);
+      const Item it = ItemAt(d, i, o);
+      if (!dot) {
+        PackProjection(d, f.w_hr, it, packed_hr.get() + i * per_proj);
+        continue;
+      }
+      const float* w = f.w_hr + (it.dir * d.proj + it.u0) * d.hidden;
+      auto weight = [&](int64_t kk, int64_t c) { return c < it.nu ? w[c * d.hidden + kk] : 0.0f; };
+      PackPairs(d.hidden, weight, paired_hr.get() + i * per_proj);
     }
     for (int64_t r = me; d.bf16 && r < d.rows; r += team.threads()) {
       // h0 rounded, where step 0 reads h_prev
@@ -488,7 +522,8 @@ void RunForward(const Forward& forward) {
       if (d.proj == 0) continue;
       team.ForEach(me, step++, proj_units, [&](int64_t index) {
         const Unit u = UnitAt(d, index, o);
-        f.Project(s, u, packed_hr.get() + u.it.index * per_proj, tile);
+        f.Project(s, u, packed_hr.get() + u.it.index * per_proj,
+                  paired_hr.get() + u.it.index * per_proj, tile);
       });
       team.Sync();
     }

@@ -286,6 +286,8 @@ struct Forward {
   float* hm;
   uint16_t *hm16, *xs16;
   float* ms;   // with a projection: m = o * tanh(c) (T, R, H), with bf16 rounded; else nullptr
+  uint16_t* ms16;  // with a projection on the dot-product kernel: m_s as bfloat16s
+                   // (R, 2 * Pairs(H)), the projection's operand
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -568,7 +570,8 @@ ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
                   nullptr,  // hm, hm16, xs16: RunForward's scratch
                   nullptr,
                   nullptr,
-                  d.proj != 0 ? ms->typed_data() : nullptr};
+                  d.proj != 0 ? ms->typed_data() : nullptr,
+                  nullptr};  // ms16: RunForward's scratch
   selected->forward(f);
   return ffi::Error::Success();
 }
