@@ -266,6 +266,24 @@ def test_compiled_path_under_vmap_remat_and_unbatched_input(proj):
     jax.tree.map(close, run(xs[0, 0], True), run(xs[0, 0], False))  # (T, D) input
 
 
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("matmul_dtype", [None, jnp.bfloat16])
+def test_a_nan_in_the_input_reaches_the_output_as_in_the_scan(name, matmul_dtype):
+    """A diverging run must show: the gate math's clamps (exp, tanh, relu) let a NaN through
+    instead of turning it into a bound, so the NaNs land where the scan path's do."""
+    spec = SPECS[name](6, 40)
+    params = spec.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (3, 5, 6)).at[0, 2, 1].set(jnp.nan)
+
+    def nans(method):
+        out = spec.apply(params, x, method=method, matmul_dtype=matmul_dtype)[0]
+        return np.isnan(np.asarray(out))
+
+    expected = nans("scan")
+    assert expected.any()
+    np.testing.assert_array_equal(nans("compiled"), expected)
+
+
 def test_default_uses_the_compiled_path_where_it_applies():
     """``method="auto"`` lowers to the FFI call for float32 and to the scan otherwise."""
     spec = jrnn.GRU(3, 8)

@@ -27,9 +27,11 @@ inline vf Splat(float a) { return a - vf{}; }  // a - 0 is a, also for a = -0
 // ---------------------------------------------------------------------------------------------
 // Vector math.
 
-inline vf Min(vf a, vf b) { return a < b ? a : b; }
+// min(a, b) and max(a, b), a where a is NaN: a NaN passes through the clamps below as the
+// scan path's NaN does (a diverging run must show it), instead of becoming a bound.
+inline vf Min(vf a, vf b) { return b < a ? b : a; }
 
-inline vf Max(vf a, vf b) { return a > b ? a : b; }
+inline vf Max(vf a, vf b) { return b > a ? b : a; }
 
 // exp(x): x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-7 polynomial, 2^n by the
 // exponent bits. Relative error about 1e-7 over the clamped range (exp(-87.3) is the smallest
@@ -212,9 +214,16 @@ void DotMatmul(int64_t m, const uint16_t* a, int64_t lda, const uint16_t* b, int
 
 using vh = uint16_t __attribute__((vector_size(sizeof(vf) / 2)));
 
+// The bits of x rounded to bfloat16 (Bf16) in the high half of each lane; a NaN keeps its quiet
+// bit there (as Half does), so it does not become an infinity when the low half is dropped.
+inline vu Bf16Bits(vf x) {
+  const vu bits = __builtin_bit_cast(vu, Bf16(x));
+  return x == x ? bits : bits | 0x00400000u;
+}
+
 // Writes the first n <= kLanes entries of x, rounded to bfloat16 (Bf16), as bfloat16s.
 inline void StoreHalves(uint16_t* dst, vf x, int64_t n) {
-  const vh h = __builtin_convertvector(__builtin_bit_cast(vu, Bf16(x)) >> 16, vh);
+  const vh h = __builtin_convertvector(Bf16Bits(x) >> 16, vh);
   std::memcpy(dst, &h, std::min<int64_t>(n, kLanes) * sizeof(uint16_t));
 }
 
@@ -223,8 +232,8 @@ inline void StoreHalves(uint16_t* dst, vf x, int64_t n) {
 inline void PairUp(const float* even, const float* odd, int64_t n, uint16_t* dst) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    const vu low = __builtin_bit_cast(vu, Bf16(Load(even + i))) >> 16;
-    const vu high = odd ? __builtin_bit_cast(vu, Bf16(Load(odd + i))) & 0xffff0000u : vu{};
+    const vu low = Bf16Bits(Load(even + i)) >> 16;
+    const vu high = odd ? Bf16Bits(Load(odd + i)) & 0xffff0000u : vu{};
     const vu pairs = low | high;
     std::memcpy(dst + 2 * i, &pairs, sizeof pairs);
   }
