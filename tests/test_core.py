@@ -13,6 +13,7 @@ from jax.test_util import check_grads
 
 import jrnn
 from jrnn import cells, stack
+from jrnn.methods import compiled
 from jrnn.methods import scan as scan_path
 from jrnn.methods.common import reverse_valid
 
@@ -282,6 +283,46 @@ def test_remat_bounds_saved_activations():
         return f.lower(params).compile().memory_analysis().temp_size_in_bytes
 
     assert temp_bytes(32) < 0.5 * temp_bytes(None)
+
+
+@pytest.mark.parametrize("method", ["scan", "compiled"])
+def test_remat_recomputes_only_when_differentiated(method):
+    """Undifferentiated, a remat layer is one pass over all steps (the loops of the compiled
+    program are those without remat); differentiated, it runs in chunks; forward-mode
+    derivatives (and the scan path's second order) equal those without remat."""
+    if method == "compiled" and not compiled.available():
+        pytest.skip(compiled.load_error())
+    spec = jrnn.GRU(3, 4, num_layers=2, bidirectional=True)
+    params = spec.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (2, 7, 3))
+    lengths = jnp.array([7, 4])
+
+    def run(params, x, remat):
+        return spec.apply(params, x, lengths=lengths, method=method, remat=remat)[0]
+
+    def loops(fn):
+        return jax.jit(fn).lower(params, x).compile().as_text().count(" while(")
+
+    def grad(remat):
+        return jax.grad(lambda p, x: jnp.sum(run(p, x, remat) ** 2), argnums=(0, 1))
+
+    assert loops(functools.partial(run, remat=3)) == loops(functools.partial(run, remat=None))
+    assert loops(grad(3)) > loops(grad(None))
+    close = functools.partial(np.testing.assert_allclose, atol=1e-5, rtol=1e-5)
+    jax.tree.map(close, jax.jit(grad(3))(params, x), jax.jit(grad(None))(params, x))
+    if method == "scan":
+        tangent = jax.tree.map(jnp.ones_like, params)
+        jax.tree.map(
+            close,
+            jax.jvp(lambda p: run(p, x, 3), (params,), (tangent,)),
+            jax.jvp(lambda p: run(p, x, None), (params,), (tangent,)),
+        )
+
+        def second(remat):
+            inner = jax.grad(lambda x: jnp.sum(run(params, x, remat) ** 2))
+            return jax.grad(lambda x: jnp.sum(inner(x) ** 2))(x)
+
+        close(second(3), second(None))
 
 
 def _scan_unrolls(fn, *args):

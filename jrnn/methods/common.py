@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -46,13 +47,45 @@ def chunked(
     mask: jax.Array | None,
     reverse: bool = False,
 ) -> tuple[jax.Array, Any]:
-    """``forward(xs, carry, mask) -> (ys, carry)`` in chunks of ``remat`` steps under
-    ``jax.checkpoint``, the chunks in reverse order when ``reverse``.
+    """``forward(xs, carry, mask) -> (ys, carry)`` with rematerialisation in chunks of
+    ``remat`` steps, the chunks in reverse order when ``reverse``.
 
-    Only the carries between chunks are saved; the backward pass recomputes each chunk, input
-    projection included, so no `(T, ...)` array wider than the inputs is kept. ``xs`` is a
-    pytree of `(T, B, ...)` arrays; ``mask`` `(T, B)` or None; padding steps are masked.
+    Differentiated, it runs the chunks under ``jax.checkpoint``: only the carries between
+    chunks are saved, and the backward pass recomputes each chunk, input projection included,
+    so no `(T, ...)` array wider than the inputs is kept. Not differentiated (a forward pass,
+    evaluation, sampling), there is nothing to recompute, so it is ``forward`` over all steps at
+    once, as without ``remat``. ``xs`` is a pytree of `(T, B, ...)` arrays; ``mask`` `(T, B)`
+    or None; padding steps are masked. ``forward`` may close over arrays being differentiated
+    (the parameters): ``jax.closure_convert`` makes them explicit arguments of the rule.
     """
+    # closure_convert traces for the shapes it is given, so each form gets its own conversion
+    whole, whole_consts = jax.closure_convert(forward, xs, carry, mask)
+    in_chunks, chunk_consts = jax.closure_convert(
+        lambda xs, carry, mask: _in_chunks(forward, remat, xs, carry, mask, reverse),
+        xs,
+        carry,
+        mask,
+    )
+    return _rematerialised(whole, in_chunks, xs, carry, mask, whole_consts, chunk_consts)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _rematerialised(whole, in_chunks, xs, carry, mask, whole_consts, chunk_consts):
+    return whole(xs, carry, mask, *whole_consts)
+
+
+@_rematerialised.defjvp
+def _rematerialised_jvp(whole, in_chunks, primals, tangents):
+    xs, carry, mask, _, chunk_consts = primals
+    dxs, dcarry, dmask, _, dchunk_consts = tangents
+
+    def chunks(xs, carry, mask, consts):
+        return in_chunks(xs, carry, mask, *consts)
+
+    return jax.jvp(chunks, (xs, carry, mask, chunk_consts), (dxs, dcarry, dmask, dchunk_consts))
+
+
+def _in_chunks(forward, remat, xs, carry, mask, reverse):
     steps = steps_of(xs)
     chunks = -(-steps // remat)
     pad = chunks * remat - steps

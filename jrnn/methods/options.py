@@ -66,7 +66,8 @@ class Options:
             backend (:func:`jrnn.methods.scan.default_unroll`: 16 on GPU, else 1).
         remat: for long sequences: recompute activations in chunks of ``remat`` steps during
             the backward pass, so memory grows as ``T / remat + remat`` rather than ``T``
-            (``remat`` near ``sqrt(T)`` is best).
+            (``remat`` near ``sqrt(T)`` is best). Only a differentiated call runs in chunks:
+            undifferentiated (evaluation, sampling) it is the same program as without ``remat``.
         matmul_dtype: mixed precision: round the operands of every matmul to this dtype
             (``jnp.bfloat16`` uses the bf16 matrix units of recent CPUs and GPUs) while products,
             gates and states stay in the input's dtype. None (default): exact. Needs a cell with
