@@ -260,17 +260,19 @@ struct ForwardSteps : Forward {
   // short, row-strided runs escape the hardware prefetcher.
   void Prefetch(int64_t s, const Unit& u) const {
     const int64_t h = d.hidden, gh = d.gh(), time = d.Time(s + 1, u.it.dir);
-    float* m = d.proj != 0 ? ms : hs;
+    const int64_t slot = d.Slot(s + 1, u.it.dir);
     for (int64_t seq = u.b0; seq < u.b0 + u.m; ++seq) {
       const int64_t at = time * d.rows + d.Row(seq, u.it.dir);
+      const int64_t st = slot * d.rows + d.Row(seq, u.it.dir);
       for (int64_t c = 0; c < u.it.nu; c += kLine) {
         if (act != nullptr) {
           for (int64_t g = 0; g < d.gates; ++g) {
             __builtin_prefetch(act + at * gh + g * h + u.it.u0 + c, 1, 2);
           }
         }
-        __builtin_prefetch(m + at * h + u.it.u0 + c, 1, 2);
-        if (d.gates > 1) __builtin_prefetch(aux + at * h + u.it.u0 + c, 1, 2);
+        __builtin_prefetch(d.proj != 0 ? ms + st * h + u.it.u0 + c : hs + at * h + u.it.u0 + c,
+                           1, 2);
+        if (d.gates > 1) __builtin_prefetch(aux + st * h + u.it.u0 + c, 1, 2);
       }
     }
   }
@@ -345,7 +347,7 @@ struct ForwardSteps : Forward {
                               tile);
     }
 #endif
-    const float* m = ms + (d.Time(s, j) * d.rows + d.Row(u.b0, j)) * h;
+    const float* m = ms + (d.Slot(s, j) * d.rows + d.Row(u.b0, j)) * h;
     Matmul<false>(u.m, m, d.dirs * h, packed, h, tile);
   }
 
@@ -383,6 +385,7 @@ struct ForwardSteps : Forward {
     const int64_t h = d.hidden, gh = d.gh(), time = d.Time(s, it.dir);
     const bool projected = d.proj != 0;
     const int64_t at = time * d.rows + d.Row(seq, it.dir), stride = kUnitRows * kPanel;
+    const int64_t st = d.Slot(s, it.dir) * d.rows + d.Row(seq, it.dir);  // in aux and ms
     const bool keep = mask[time * d.batch + seq] != 0, lstm = d.cell == kLstm;
     Lanes lanes(it.nu);
     const float *bias_i[4], *bias_h[4], *cp = nullptr;
@@ -392,8 +395,8 @@ struct ForwardSteps : Forward {
       bias_h[g] = lanes.In(b_hh + it.dir * gh + g * h + it.u0);
     }
     const float* hp = projected ? nullptr : lanes.In(Carry(d, h0, hs, s, seq, it, h));
-    if (lstm) cp = lanes.In(Carry(d, c0, aux, s, seq, it, h));
-    float* h_out = lanes.Out((projected ? ms : hs) + at * h + it.u0);
+    if (lstm) cp = lanes.In(Carry(d, c0, aux, s, seq, it, h, true));
+    float* h_out = lanes.Out(projected ? ms + st * h + it.u0 : hs + at * h + it.u0);
     if (hm != nullptr && !projected) {
       hm_out = lanes.Out(hm + ((s & 1) * d.rows + d.Row(seq, it.dir)) * h + it.u0);
     }
@@ -403,7 +406,7 @@ struct ForwardSteps : Forward {
       halves = projected ? ms16 + d.Row(seq, it.dir) * 2 * Pairs(h) + it.u0
                          : HalvesOut(s, seq, it);
     }
-    if (d.gates > 1) aux_out = lanes.Out(aux + at * h + it.u0);
+    if (d.gates > 1) aux_out = lanes.Out(aux + st * h + it.u0);
     if (act != nullptr) {
       for (int64_t g = 0; g < d.gates; ++g) a_out[g] = lanes.Out(act + at * gh + g * h + it.u0);
     }

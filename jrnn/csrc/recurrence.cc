@@ -84,6 +84,9 @@ struct Dims {
   int64_t input;  // D, the layer's input size
   bool bf16;      // the matmuls' operands rounded to bfloat16 (products summed in float32)
   int64_t proj;   // P, the LSTM's projection size (h = m @ W_hr^T), or 0 for none
+  // A forward pass that keeps no states for a backward pass: aux and ms hold the last two
+  // steps, by step parity (2, R, H), instead of every step (T, R, H).
+  bool ring = false;
   // The size of h, the output and the recurrent matmul's operand: P with a projection, else H.
   int64_t out() const { return proj != 0 ? proj : hidden; }
   static int64_t Panels(int64_t width) { return (width + kPanel - 1) / kPanel; }
@@ -93,6 +96,8 @@ struct Dims {
   int64_t Time(int64_t s, int64_t j) const { return (reverse >> j) & 1 ? steps - 1 - s : s; }
   // The row of sequence b, direction j, in arrays over time (T, R, ...).
   int64_t Row(int64_t b, int64_t j) const { return b * dirs + j; }
+  // The slot of direction j's step s in aux and ms: its time, or with ring its parity.
+  int64_t Slot(int64_t s, int64_t j) const { return ring ? s & 1 : Time(s, j); }
   // The row of sequence b, direction j, in h0, c0, dh0 and dc0 (k*B, H).
   int64_t CarryRow(int64_t b, int64_t j) const { return j * batch + b; }
 };
@@ -153,9 +158,10 @@ Unit UnitAt(const Dims& d, int64_t u) { return UnitAt(d, u, d.hidden); }
 // s = 0, else `all` (hs or the LSTM's cell states, (T, R, width)) at the time of step s - 1;
 // width: P or H for h (Dims::out), H for c.
 inline const float* Carry(const Dims& d, const float* first, const float* all, int64_t s,
-                          int64_t b, const Item& it, int64_t width) {
+                          int64_t b, const Item& it, int64_t width, bool slots = false) {
   if (s == 0) return first + d.CarryRow(b, it.dir) * width + it.u0;
-  return all + (d.Time(s - 1, it.dir) * d.rows + d.Row(b, it.dir)) * width + it.u0;
+  const int64_t at = slots ? d.Slot(s - 1, it.dir) : d.Time(s - 1, it.dir);
+  return all + (at * d.rows + d.Row(b, it.dir)) * width + it.u0;
 }
 
 // Copies n <= 32 floats into a row of 32, zero-padded.
@@ -541,6 +547,8 @@ ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
                       w_hr.dimensions(), &d));
   const int64_t T = d.steps, R = d.rows, H = d.hidden, O = d.out(), k = d.dirs;
   const bool gated = d.gates > 1, keep_gates = gated && save != 0;
+  d.ring = save == 0;
+  const int64_t slots = d.ring ? 2 : T;
   JRNN_CHECK(Expect("w_ih", w_ih.dimensions(), {k, d.gh(), d.input}));
   JRNN_CHECK(Expect("b_ih", b_ih.dimensions(), {k, d.gh()}));
   JRNN_CHECK(Expect("b_hh", b_hh.dimensions(), {k, d.gh()}));
@@ -548,9 +556,9 @@ ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
   JRNN_CHECK(Expect("c0", c0.dimensions(), {R, H}));
   JRNN_CHECK(Expect("mask", mask.dimensions(), {T, d.batch}));
   JRNN_CHECK(Expect("hs", hs->dimensions(), {T, R, O}));
-  JRNN_CHECK(d.proj != 0 ? Expect("ms", ms->dimensions(), {T, R, H})
+  JRNN_CHECK(d.proj != 0 ? Expect("ms", ms->dimensions(), {slots, R, H})
                          : Expect("ms", ms->dimensions(), {1}));
-  JRNN_CHECK(gated ? Expect("aux", aux->dimensions(), {T, R, H})
+  JRNN_CHECK(gated ? Expect("aux", aux->dimensions(), {slots, R, H})
                    : Expect("aux", aux->dimensions(), {1}));
   JRNN_CHECK(keep_gates ? Expect("act", act->dimensions(), {T, R, d.gh()})
                         : Expect("act", act->dimensions(), {1}));

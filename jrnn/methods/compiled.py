@@ -302,13 +302,15 @@ def _operands(bf16, xs, w_ih, w_hh, w_hr):
 def _call_forward(code, bits, bf16, save, xs, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, keep):
     """``(hs, aux, act, ms)``: the loop over time, input projection included; act only with
     ``save`` (a backward pass follows) and for LSTM and GRU, ms (each step's m) only with a
-    projection (``w_hr`` of rank 3), else (1,) placeholders. With ``bf16``, xs, w_ih, w_hh and
-    w_hr come rounded (:func:`_bf16`); the call rounds each h_{t-1} and m_t."""
+    projection (``w_hr`` of rank 3), else (1,) placeholders. aux and ms hold every step with
+    ``save``, else only the last two, by step parity: `(2, k*B, H)`, the last step's at
+    ``(T - 1) % 2``. With ``bf16``, xs, w_ih, w_hh and w_hr come rounded (:func:`_bf16`); the
+    call rounds each h_{t-1} and m_t."""
     steps, batch = xs.shape[:2]
     k, gh, out = w_hh.shape
     rows = batch * k
     gated = code in (_CODES["LSTM"], _CODES["GRU"])
-    state = jax.ShapeDtypeStruct((steps, rows, c0.shape[-1]), jnp.float32)
+    state = jax.ShapeDtypeStruct((steps if save else 2, rows, c0.shape[-1]), jnp.float32)
     outputs = (
         jax.ShapeDtypeStruct((steps, rows, out), jnp.float32),
         state if gated else _dummy(),
@@ -333,12 +335,18 @@ def _layer(code, bits, bf16, xs, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, keep):
     hs, aux, _, _ = _call_forward(
         code, bits, bf16, False, xs, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, keep
     )
-    return _carry(code, bits, w_hh.shape[0], hs, aux)
+    # aux holds the last two steps: every direction's last one (a reverse one's time 0) at
+    # (T - 1) % 2
+    return _carry(code, bits, w_hh.shape[0], hs, aux[(hs.shape[0] - 1) % 2 :][:1], 0)
 
 
-def _carry(code, bits, k, hs, aux):
+def _carry(code, bits, k, hs, aux, aux_bits=None):
+    """The layer's outputs and final carry from the call's hs and aux (LSTM's cell states); a
+    direction's last step in aux by ``aux_bits`` (default ``bits``) as :func:`_final` reads it."""
     h = _final(hs, k, bits)
-    return hs, ((h, _final(aux, k, bits)) if code == _CODES["LSTM"] else (h,))
+    if code != _CODES["LSTM"]:
+        return hs, (h,)
+    return hs, (h, _final(aux, k, bits if aux_bits is None else aux_bits))
 
 
 def _layer_fwd(code, bits, bf16, xs, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, keep):
