@@ -58,6 +58,11 @@ def test_breakdown_times_every_piece(bench, capsys):
     out = capsys.readouterr().out
     for piece in ("spec.apply", "time-major", "FFI call", "+ gates kept", "matmul peak"):
         assert f"{piece} " in out and " ms " in out.split(piece, 1)[1].splitlines()[0]
+    for config in ("rnn", "lstm"):  # LSTM: the backward call's two carry cotangents
+        benchmarks.breakdown.main(["--config", config, "--train", "--reps", "1", "--calls", "1"])
+        out = capsys.readouterr().out
+        for piece in ("train step", "layer VJP", "forward call", "dx matmul", "backward call"):
+            assert f"{piece} " in out and " ms " in out.split(piece, 1)[1].splitlines()[0]
 
 
 def test_forward_flops_counts_every_layer_and_direction(bench):
