@@ -57,6 +57,8 @@ class Setup(NamedTuple):
     xt: jax.Array  # (T, B, D)
     code: int  # the cell's code in jrnn.methods.compiled
     layer: tuple  # xs, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, keep, as the calls take them
+    w_ih: jax.Array  # (G*H, D)
+    zeros: jax.Array  # (B, H): h0, c0
     flops: float  # the matmul FLOPs of one forward pass
 
 
@@ -68,21 +70,21 @@ def setup(name: str) -> Setup:
     b, t, d, h = config.batch, config.steps, config.input_size, config.hidden_size
     x = jax.random.normal(jax.random.key(1), (b, t, d))
     xt = jnp.swapaxes(x, 0, 1)
-    w_hh = p["weight_hh"][None]
     zeros = jnp.zeros((b, h))
     no_projection = jnp.zeros((1,), jnp.float32)  # the (1,) placeholder of weight_hr
     layer = (
-        xt, p["weight_ih"][None], p["bias_ih"][None], w_hh, p["bias_hh"][None], no_projection,
-        zeros, zeros, jnp.ones((t, b), jnp.uint8),
+        xt, p["weight_ih"][None], p["bias_ih"][None], p["weight_hh"][None], p["bias_hh"][None],
+        no_projection, zeros, zeros, jnp.ones((t, b), jnp.uint8),
     )  # fmt: skip
-    flops = 2.0 * t * b * w_hh.shape[1] * (h + d)
-    return Setup(spec, params, x, xt, compiled._CODES[spec.cell.kernel], layer, flops)
+    flops = 2.0 * t * b * p["weight_ih"].shape[0] * (h + d)
+    code = compiled._CODES[spec.cell.kernel]
+    return Setup(spec, params, x, xt, code, layer, p["weight_ih"], zeros, flops)
 
 
 def pieces(name: str) -> tuple[dict[str, object], float]:
     s = setup(name)
     t, b, d = s.xt.shape
-    h, gh = s.spec.hidden_size, s.layer[3].shape[1]
+    gh, h = s.w_ih.shape[0], s.spec.hidden_size
     apply = jax.jit(lambda p, x: s.spec.apply(p, x)[0])
     time_major = dataclasses.replace(s.spec, batch_first=False)
     apply_t = jax.jit(lambda p, x: time_major.apply(p, x)[0])
@@ -106,15 +108,13 @@ def pieces(name: str) -> tuple[dict[str, object], float]:
 def train_pieces(name: str) -> tuple[dict[str, object], float]:
     s = setup(name)
     t, b, _ = s.xt.shape
-    w_ih, gh = s.layer[1][0], s.layer[3].shape[1]
 
     def step(spec):
         return jax.jit(jax.grad(lambda p, x: jnp.mean(spec.apply(p, x)[0] ** 2), argnums=(0, 1)))
 
     train, train_t = step(s.spec), step(dataclasses.replace(s.spec, batch_first=False))
     dhs = jax.random.normal(jax.random.key(2), (t, b, s.spec.hidden_size))
-    h0, c0 = s.layer[6:8]
-    carry = (h0, c0) if s.spec.cell.kernel == "LSTM" else (h0,)
+    carry = (s.zeros, s.zeros) if s.spec.cell.kernel == "LSTM" else (s.zeros,)
 
     @jax.jit
     def vjp(layer):
@@ -122,14 +122,14 @@ def train_pieces(name: str) -> tuple[dict[str, object], float]:
         return compiled._layer_bwd(s.code, 0, False, residuals, (dhs, carry))
 
     forward = jax.jit(lambda layer: compiled._call_forward(s.code, 0, False, True, *layer)[:3])
-    dgx = jax.random.normal(jax.random.key(3), (t * b, gh))
+    dgx = jax.random.normal(jax.random.key(3), (t * b, s.w_ih.shape[0]))
     dx = jax.jit(lambda dgx, w: dgx @ w)
     return {
         "train step": lambda: jax.block_until_ready(train(s.params, s.x)),
         "time-major": lambda: jax.block_until_ready(train_t(s.params, s.xt)),
         "layer VJP": lambda: jax.block_until_ready(vjp(s.layer)),
         "forward call": lambda: jax.block_until_ready(forward(s.layer)),
-        "dx matmul": lambda: jax.block_until_ready(dx(dgx, w_ih)),
+        "dx matmul": lambda: jax.block_until_ready(dx(dgx, s.w_ih)),
     }, 3 * s.flops
 
 

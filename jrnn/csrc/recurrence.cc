@@ -155,8 +155,9 @@ Unit UnitAt(const Dims& d, int64_t u, int64_t width) {
 Unit UnitAt(const Dims& d, int64_t u) { return UnitAt(d, u, d.hidden); }
 
 // The item's lanes of sequence b's carry entering step s: `first` (h0 or c0, (k*B, width)) at
-// s = 0, else `all` (hs or the LSTM's cell states, (T, R, width)) at the time of step s - 1;
-// width: P or H for h (Dims::out), H for c.
+// s = 0, else `all` (hs or the LSTM's cell states, (T, R, width)) at the time of step s - 1,
+// or with `slots` (cell states of a forward call, see Dims::ring) at its slot; width: P or H
+// for h (Dims::out), H for c.
 inline const float* Carry(const Dims& d, const float* first, const float* all, int64_t s,
                           int64_t b, const Item& it, int64_t width, bool slots = false) {
   if (s == 0) return first + d.CarryRow(b, it.dir) * width + it.u0;

@@ -335,18 +335,15 @@ def _layer(code, bits, bf16, xs, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, keep):
     hs, aux, _, _ = _call_forward(
         code, bits, bf16, False, xs, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, keep
     )
-    # aux holds the last two steps: every direction's last one (a reverse one's time 0) at
-    # (T - 1) % 2
-    return _carry(code, bits, w_hh.shape[0], hs, aux[(hs.shape[0] - 1) % 2 :][:1], 0)
+    # aux holds the last two steps, by step parity: every direction's last step (a reverse
+    # one's time 0) in slot (T - 1) % 2, the one entry _carry then reads
+    return _carry(code, bits, w_hh.shape[0], hs, aux[(hs.shape[0] - 1) % 2 :][:1])
 
 
-def _carry(code, bits, k, hs, aux, aux_bits=None):
-    """The layer's outputs and final carry from the call's hs and aux (LSTM's cell states); a
-    direction's last step in aux by ``aux_bits`` (default ``bits``) as :func:`_final` reads it."""
+def _carry(code, bits, k, hs, aux):
+    """The layer's outputs and final carry from the call's hs and aux (LSTM's cell states)."""
     h = _final(hs, k, bits)
-    if code != _CODES["LSTM"]:
-        return hs, (h,)
-    return hs, (h, _final(aux, k, bits if aux_bits is None else aux_bits))
+    return hs, ((h, _final(aux, k, bits)) if code == _CODES["LSTM"] else (h,))
 
 
 def _layer_fwd(code, bits, bf16, xs, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, keep):
