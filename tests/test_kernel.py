@@ -18,6 +18,7 @@ import os
 import platform
 import subprocess
 import sys
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,22 +67,54 @@ def _loss_and_grads(spec, params, x, h0, lengths, use_kernel, matmul_dtype=None)
     return grad(params, x, h0)
 
 
-def _case(name, hidden, batch, bidirectional, padded, steps=7, layers=2, proj=0):
-    """``(spec, params, x, h0, lengths)``: a stack of D = 6 inputs, random input and initial
-    carry, and with ``padded`` random lengths (the first sequence full); ``proj``: the LSTM's
-    ``proj_size``."""
-    projection = {"proj_size": proj} if proj else {}
-    spec = SPECS[name](6, hidden, num_layers=layers, bidirectional=bidirectional, **projection)
-    params = spec.init(jax.random.key(0))
-    x = jax.random.normal(jax.random.key(1), (batch, steps, 6))
-    carries = layers * spec.num_directions
-    h0 = 0.5 * jax.random.normal(jax.random.key(2), (carries, batch, proj or hidden))
-    if name == "lstm":
-        h0 = (h0, jax.random.normal(jax.random.key(3), (carries, batch, hidden)))
-    lengths = None
-    if padded:
-        lengths = jax.random.randint(jax.random.key(4), (batch,), 1, steps + 1).at[0].set(steps)
-    return spec, params, x, h0, lengths
+class Case(NamedTuple):
+    """A stack of D = 6 inputs, random input and initial carry, and with ``padded`` random
+    lengths (the first sequence full); ``proj``: the LSTM's ``proj_size``; ``bf16``: the
+    layers' ``matmul_dtype``."""
+
+    name: str
+    hidden: int
+    batch: int
+    bidirectional: bool
+    padded: bool
+    steps: int = 7
+    layers: int = 2
+    proj: int = 0
+    bf16: bool = False
+
+    def build(self):
+        """``(spec, params, x, h0, lengths)``."""
+        projection = {"proj_size": self.proj} if self.proj else {}
+        spec = SPECS[self.name](
+            6, self.hidden, num_layers=self.layers, bidirectional=self.bidirectional, **projection
+        )
+        params = spec.init(jax.random.key(0))
+        x = jax.random.normal(jax.random.key(1), (self.batch, self.steps, 6))
+        carries = self.layers * spec.num_directions
+        h0 = 0.5 * jax.random.normal(
+            jax.random.key(2), (carries, self.batch, self.proj or self.hidden)
+        )
+        if self.name == "lstm":
+            h0 = (h0, jax.random.normal(jax.random.key(3), (carries, self.batch, self.hidden)))
+        lengths = None
+        if self.padded:
+            lengths = jax.random.randint(jax.random.key(4), (self.batch,), 1, self.steps + 1)
+            lengths = lengths.at[0].set(self.steps)
+        return spec, params, x, h0, lengths
+
+
+@functools.cache
+def _results(case, method):
+    """``((loss, (out, h_n)), grads)`` of :func:`_loss_and_grads` and the forward pass's
+    ``(out, h_n)`` alone (the call that keeps no gate activations) of ``case`` on ``method``;
+    cached, since the scan path's results are the reference of several tests."""
+    spec, params, x, h0, lengths = case.build()
+    dtype = jnp.bfloat16 if case.bf16 else None
+    train = _loss_and_grads(spec, params, x, h0, lengths, method == "compiled", dtype)
+    forward = jax.jit(
+        lambda p: spec.apply(p, x, h0, lengths=lengths, method=method, matmul_dtype=dtype)
+    )
+    return train, forward(params)
 
 
 @pytest.mark.parametrize(
@@ -98,15 +131,10 @@ def _case(name, hidden, batch, bidirectional, padded, steps=7, layers=2, proj=0)
     ],
 )
 def test_compiled_equals_scan(name, hidden, batch, bidirectional, padded):
-    """Outputs, final states and the gradients of params, input and h0 agree."""
-    spec, params, x, h0, lengths = _case(name, hidden, batch, bidirectional, padded)
-    compiled = _loss_and_grads(spec, params, x, h0, lengths, True)
-    scan = _loss_and_grads(spec, params, x, h0, lengths, False)
-    jax.tree.map(close, compiled, scan)
-    # a forward pass alone runs the call that keeps no gate activations
-    forward = jax.jit(lambda p, method: spec.apply(p, x, h0, lengths=lengths, method=method),
-                      static_argnums=1)  # fmt: skip
-    jax.tree.map(close, forward(params, "compiled"), forward(params, "scan"))
+    """Outputs, final states and the gradients of params, input and h0 agree, and so do the
+    outputs of a forward pass alone (the call that keeps no gate activations)."""
+    case = Case(name, hidden, batch, bidirectional, padded)
+    jax.tree.map(close, _results(case, "compiled"), _results(case, "scan"))
 
 
 @pytest.mark.parametrize(
@@ -122,16 +150,10 @@ def test_compiled_equals_scan_with_a_projection(
 ):
     """``proj_size``: each step's h = m @ W_hr^T, in a second half of the step (its own
     barrier each way); outputs, final states and every gradient, W_hr's included, agree."""
-    spec, params, x, h0, lengths = _case(
-        "lstm", hidden, batch, bidirectional, padded, steps, layers, proj
-    )
-    compiled = _loss_and_grads(spec, params, x, h0, lengths, True)
-    scan = _loss_and_grads(spec, params, x, h0, lengths, False)
-    assert "weight_hr" in str(jax.tree.structure(compiled[1][0]))  # W_hr's gradient compared
-    jax.tree.map(close, compiled, scan)
-    forward = jax.jit(lambda p, method: spec.apply(p, x, h0, lengths=lengths, method=method),
-                      static_argnums=1)  # fmt: skip
-    jax.tree.map(close, forward(params, "compiled"), forward(params, "scan"))
+    case = Case("lstm", hidden, batch, bidirectional, padded, steps, layers, proj)
+    compiled = _results(case, "compiled")
+    assert "weight_hr" in str(jax.tree.structure(compiled[0][1][0]))  # W_hr's gradient compared
+    jax.tree.map(close, compiled, _results(case, "scan"))
 
 
 @pytest.mark.parametrize(("name", "hidden", "proj"), [("lstm", 136, 0), ("gru", 150, 0),
@@ -185,30 +207,21 @@ def test_bfloat16_compiled_equals_bfloat16_scan(
     bfloat16 rounding boundary moves by one bf16 step (2^-8): measured up to 1e-3 here, as
     much as the scan path itself moves when its weights are scaled by 1 + 2e-7. Both stay
     within bf16 error of the float32 result."""
-    spec, params, x, h0, lengths = _case(
-        name, hidden, batch, bidirectional, padded, steps, layers, proj
-    )
-    bf16 = jnp.bfloat16
-    compiled = _loss_and_grads(spec, params, x, h0, lengths, True, bf16)
-    scan = _loss_and_grads(spec, params, x, h0, lengths, False, bf16)
-    exact = _loss_and_grads(spec, params, x, h0, lengths, False)
-
-    def near(actual, desired, tolerance):
-        scale = max(1.0, float(np.max(np.abs(desired))))
-        assert actual.dtype == jnp.float32
-        assert float(np.max(np.abs(actual - desired))) <= tolerance * scale
-
-    jax.tree.map(lambda a, b: near(a, b, 2e-3), compiled, scan)
-    jax.tree.map(lambda a, b: near(a, b, 3e-2), compiled, exact)
+    case = Case(name, hidden, batch, bidirectional, padded, steps, layers, proj, bf16=True)
+    compiled, scan = _results(case, "compiled"), _results(case, "scan")
+    exact = _results(case._replace(bf16=False), "scan")
+    jax.tree.map(lambda a, b: _near(a, b, 2e-3), compiled, scan)  # with the forward pass alone
+    jax.tree.map(lambda a, b: _near(a, b, 3e-2), compiled, exact)
     # rounded for real: off float32 by far more than float32 rounding
-    out, exact_out = compiled[0][1][0], exact[0][1][0]
+    out, exact_out = compiled[0][0][1][0], exact[0][0][1][0]
     assert float(np.max(np.abs(out - exact_out))) > 1e-4
-    forward = jax.jit(
-        lambda p, method: spec.apply(p, x, h0, lengths=lengths, method=method, matmul_dtype=bf16),
-        static_argnums=1,
-    )
-    compiled_forward, scan_forward = forward(params, "compiled"), forward(params, "scan")
-    jax.tree.map(lambda a, b: near(a, b, 2e-3), compiled_forward, scan_forward)
+
+
+def _near(actual, desired, tolerance):
+    """A float32 ``actual`` within ``tolerance`` of ``desired``'s largest entry (at least 1)."""
+    scale = max(1.0, float(np.max(np.abs(desired))))
+    assert actual.dtype == np.float32
+    assert float(np.max(np.abs(actual - desired))) <= tolerance * scale
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
@@ -381,19 +394,55 @@ def _python(args, isa):
     )
 
 
+# Six of the comparisons above, which reach all of the loops' code (every cell, partial panels
+# and tiles, both directions, padding, a projection, bf16 with and without the dot-product
+# kernel): their compiled results under each narrower instruction set against the scan path's.
+NARROWER = [
+    Case("lstm", 33, 37, True, False),
+    Case("gru", 64, 5, True, True),
+    Case("rnn_tanh", 40, 19, False, False),
+    Case("lstm", 33, 37, True, True, proj=7),
+    Case("lstm", 33, 19, True, True, bf16=True),
+    Case("lstm", 40, 19, True, True, proj=20, bf16=True),
+]
+
+
+def _save_compiled_results(path):
+    """Writes this process's instruction set and the compiled results of NARROWER to ``path``
+    (``.npz``): what ``python tests/test_kernel.py PATH`` does, under a forced ``JRNN_ISA``."""
+    assert kernel.available(), kernel.load_error()
+    leaves = {
+        f"{i}/{j}": np.asarray(leaf)
+        for i, case in enumerate(NARROWER)
+        for j, leaf in enumerate(jax.tree.leaves(_results(case, "compiled")))
+    }
+    np.savez(path, isa=kernel.isa(), **leaves)
+
+
 @pytest.mark.skipif(
     bool(os.environ.get(kernel.ISA_VARIABLE)), reason="an instruction set is forced"
 )
 @pytest.mark.parametrize("isa", kernel.isas()[1:])
-def test_compiled_equals_scan_under_each_narrower_instruction_set(isa):
-    """Six of the comparisons above, which reach all of the loops' code (every cell, partial
-    panels and tiles, both directions, padding, a projection, bf16 with and without the
-    dot-product kernel), rerun under each narrower set."""
-    cases = "built or widest or lstm-33-37 or gru-64-5 or rnn_tanh-40-19 or 33-7-37"
-    cases += " or (bfloat16 and (lstm-33-19 or lstm-40-19))"
-    run = _python(["-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", cases], isa)
+def test_compiled_equals_scan_under_each_narrower_instruction_set(isa, tmp_path):
+    """A subprocess under ``JRNN_ISA=isa`` computes NARROWER on the compiled path; here they
+    are compared with the scan path (float32 as in test_compiled_equals_scan, bf16 as in
+    test_bfloat16_compiled_equals_bfloat16_scan)."""
+    path = tmp_path / "compiled.npz"
+    run = _python([__file__, str(path)], isa)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    assert "8 passed" in run.stdout
+    with np.load(path) as saved:
+        assert str(saved["isa"]) == isa
+        assert len(saved.files) == 1 + sum(
+            len(jax.tree.leaves(_results(case, "scan"))) for case in NARROWER
+        )
+        for i, case in enumerate(NARROWER):
+            for j, desired in enumerate(jax.tree.leaves(_results(case, "scan"))):
+                actual = saved[f"{i}/{j}"]
+                assert actual.shape == desired.shape, (case, j)
+                if case.bf16:
+                    _near(actual, desired, 2e-3)
+                else:
+                    close(actual, desired)
 
 
 @pytest.mark.parametrize("isa", ["sse", "avx512"])
@@ -416,3 +465,7 @@ def test_a_forced_instruction_set_must_be_one_this_cpu_runs(isa):
         reason = "expected one of "
     message = f"method: 'compiled' cannot run this layer: {kernel.ISA_VARIABLE}={isa}: {reason}"
     assert message in run.stderr
+
+
+if __name__ == "__main__":
+    _save_compiled_results(sys.argv[1])
