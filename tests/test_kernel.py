@@ -103,6 +103,13 @@ class Case(NamedTuple):
         return spec, params, x, h0, lengths
 
 
+def _agree(case, compiled, scan):
+    """``case``'s compiled results against the scan path's: float32 up to rounding (:func:`close`),
+    bf16 within 2e-3 of each array's largest entry (:func:`_near`; see
+    test_bfloat16_compiled_equals_bfloat16_scan)."""
+    jax.tree.map((lambda a, b: _near(a, b, 2e-3)) if case.bf16 else close, compiled, scan)
+
+
 @functools.cache
 def _results(case, method):
     """``((loss, (out, h_n)), grads)`` of :func:`_loss_and_grads` and the forward pass's
@@ -134,7 +141,7 @@ def test_compiled_equals_scan(name, hidden, batch, bidirectional, padded):
     """Outputs, final states and the gradients of params, input and h0 agree, and so do the
     outputs of a forward pass alone (the call that keeps no gate activations)."""
     case = Case(name, hidden, batch, bidirectional, padded)
-    jax.tree.map(close, _results(case, "compiled"), _results(case, "scan"))
+    _agree(case, _results(case, "compiled"), _results(case, "scan"))
 
 
 @pytest.mark.parametrize(
@@ -153,7 +160,7 @@ def test_compiled_equals_scan_with_a_projection(
     case = Case("lstm", hidden, batch, bidirectional, padded, steps, layers, proj)
     compiled = _results(case, "compiled")
     assert "weight_hr" in str(jax.tree.structure(compiled[0][1][0]))  # W_hr's gradient compared
-    jax.tree.map(close, compiled, _results(case, "scan"))
+    _agree(case, compiled, _results(case, "scan"))
 
 
 @pytest.mark.parametrize(("name", "hidden", "proj"), [("lstm", 136, 0), ("gru", 150, 0),
@@ -210,7 +217,7 @@ def test_bfloat16_compiled_equals_bfloat16_scan(
     case = Case(name, hidden, batch, bidirectional, padded, steps, layers, proj, bf16=True)
     compiled, scan = _results(case, "compiled"), _results(case, "scan")
     exact = _results(case._replace(bf16=False), "scan")
-    jax.tree.map(lambda a, b: _near(a, b, 2e-3), compiled, scan)  # with the forward pass alone
+    _agree(case, compiled, scan)  # with the forward pass alone
     jax.tree.map(lambda a, b: _near(a, b, 3e-2), compiled, exact)
     # rounded for real: off float32 by far more than float32 rounding
     out, exact_out = compiled[0][0][1][0], exact[0][0][1][0]
@@ -220,7 +227,7 @@ def test_bfloat16_compiled_equals_bfloat16_scan(
 def _near(actual, desired, tolerance):
     """A float32 ``actual`` within ``tolerance`` of ``desired``'s largest entry (at least 1)."""
     scale = max(1.0, float(np.max(np.abs(desired))))
-    assert actual.dtype == np.float32
+    assert actual.dtype == np.float32 and actual.shape == desired.shape
     assert float(np.max(np.abs(actual - desired))) <= tolerance * scale
 
 
@@ -430,19 +437,14 @@ def test_compiled_equals_scan_under_each_narrower_instruction_set(isa, tmp_path)
     path = tmp_path / "compiled.npz"
     run = _python([__file__, str(path)], isa)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    references = [_results(case, "scan") for case in NARROWER]
     with np.load(path) as saved:
         assert str(saved["isa"]) == isa
-        assert len(saved.files) == 1 + sum(
-            len(jax.tree.leaves(_results(case, "scan"))) for case in NARROWER
-        )
-        for i, case in enumerate(NARROWER):
-            for j, desired in enumerate(jax.tree.leaves(_results(case, "scan"))):
-                actual = saved[f"{i}/{j}"]
-                assert actual.shape == desired.shape, (case, j)
-                if case.bf16:
-                    _near(actual, desired, 2e-3)
-                else:
-                    close(actual, desired)
+        assert len(saved.files) == 1 + len(jax.tree.leaves(references))
+        for i, (case, scan) in enumerate(zip(NARROWER, references, strict=True)):
+            leaves, tree = jax.tree.flatten(scan)
+            compiled = tree.unflatten([saved[f"{i}/{j}"] for j in range(len(leaves))])
+            _agree(case, compiled, scan)
 
 
 @pytest.mark.parametrize("isa", ["sse", "avx512"])

@@ -337,7 +337,8 @@ def _layer(code, bits, bf16, xs, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, keep):
     )
     # aux holds the last two steps, by step parity: every direction's last step (a reverse
     # one's time 0) in slot (T - 1) % 2, the one entry _carry then reads
-    return _carry(code, bits, w_hh.shape[0], hs, aux[(hs.shape[0] - 1) % 2 :][:1])
+    last = (hs.shape[0] - 1) % 2
+    return _carry(code, bits, w_hh.shape[0], hs, aux[last : last + 1])
 
 
 def _carry(code, bits, k, hs, aux):
