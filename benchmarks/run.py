@@ -6,6 +6,11 @@ train step once, in an order that rotates from one repetition to the next, and t
 medians. jrnn gets the torch module's weights (``jrnn.from_torch``) and its forward output is
 checked against torch's.
 
+The process keeps glibc malloc's defaults, as a user's own ``python script.py`` runs torch or
+jrnn; ``--tuned-malloc`` first restarts it with :data:`jrnn.malloc.TUNABLES`, the settings the
+``jrnn`` command trains under (torch's train step gains more from them than jrnn's; see
+``benchmarks/README.md``).
+
 Example:
     python -m benchmarks.run --configs lstm gru --reps 10 --out results/cpu.md
 """
@@ -59,6 +64,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=[],
         help="also time jrnn with these scan unrolls (rows jrnn-unrollN)",
+    )
+    parser.add_argument(
+        "--tuned-malloc",
+        action="store_true",
+        help="restart with jrnn.malloc's GLIBC_TUNABLES, as the jrnn command does "
+        "(default: glibc's defaults, as a user's own script runs every framework)",
     )
     parser.add_argument("--out", type=Path, help="write the Markdown table here (+ .json)")
     args = parser.parse_args(argv)
@@ -293,5 +304,6 @@ def main(argv: list[str] | None = None) -> Report:
 
 
 if __name__ == "__main__":
-    malloc.reexec()  # the same glibc malloc settings as the jrnn command (see jrnn.malloc)
+    if parse_args(None).tuned_malloc:
+        malloc.reexec()  # the jrnn command's glibc malloc settings (see jrnn.malloc)
     main()

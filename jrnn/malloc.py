@@ -8,11 +8,11 @@ back with ``munmap``, so every step faults the whole buffer in again, 4 KiB at a
 and backs it with transparent huge pages.
 
 glibc reads ``GLIBC_TUNABLES`` only when a process starts, so :func:`reexec` restarts the
-current command with it set; the ``jrnn`` command and ``python -m benchmarks.run`` call it
-first thing. A script or notebook of your own can instead call :func:`tune` first thing: it
-sets the two settings that matter, no ``mmap`` and no trimming, in the running process through
-``mallopt`` (all but the huge pages; see the README's speed section for what each gives). Or
-start Python with the variable set::
+current command with it set; the ``jrnn`` command calls it first thing (and
+``python -m benchmarks.run --tuned-malloc``). A script or notebook of your own can instead call
+:func:`tune` first thing: it sets the two settings that matter, no ``mmap`` and no trimming, in
+the running process through ``mallopt`` (all but the huge pages; see the README's speed section
+for what each gives). Or start Python with the variable set::
 
     export GLIBC_TUNABLES=$(python -c "import jrnn.malloc as m; print(m.TUNABLES)")
     jupyter lab

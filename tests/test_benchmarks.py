@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -10,6 +14,7 @@ import numpy as np
 import pytest
 
 import jrnn
+from jrnn import malloc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +50,24 @@ def test_quick_run_has_every_framework_and_matches_torch(bench, tmp_path):
     table = out.read_text()
     for framework in rows:
         assert f"| lstm | {framework} |" in table
+
+
+def test_run_keeps_glibc_defaults_unless_asked_for_the_tuned_allocator(bench, tmp_path):
+    """A plain run times every framework under the allocator a user's script gets; with
+    ``--tuned-malloc`` the process restarts itself with ``jrnn.malloc.TUNABLES`` first."""
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    argv = ["--quick", "--configs", "rnn", "--frameworks", "jrnn", "--reps", "1", "--warmup", "0"]
+    seen = {}
+    for flag in ([], ["--tuned-malloc"]):
+        out = tmp_path / f"table{len(flag)}.md"
+        command = [sys.executable, "-m", "benchmarks.run", *argv, *flag, "--out", str(out)]
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        seen[bool(flag)] = json.loads(out.with_suffix(".json").read_text())["meta"]
+    assert seen[False]["glibc_tunables"] == "(not set)"
+    assert seen[True]["glibc_tunables"] == malloc.TUNABLES
 
 
 def test_breakdown_times_every_piece(bench, capsys):

@@ -581,6 +581,9 @@ ffi::Error ForwardFfi(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
                   nullptr,
                   d.proj != 0 ? ms->typed_data() : nullptr,
                   nullptr};  // ms16: RunForward's scratch
+  for (auto* out : {&hs, &aux, &act, &ms}) {  // the first to write them, in the loop
+    AdviseHugePages((*out)->untyped_data(), (*out)->size_bytes());
+  }
   selected->forward(f);
   return ffi::Error::Success();
 }
