@@ -184,5 +184,5 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    malloc.reexec()  # the same glibc malloc settings as benchmarks.run (see jrnn.malloc)
+    malloc.reexec()  # the jrnn command's glibc malloc settings, for all methods (jrnn.malloc)
     main()
